@@ -1,0 +1,153 @@
+"""The ``rvc-optim`` command: list, show, recommend, bench and train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from rvc_optim.catalog import GOALS, RECORDS
+from rvc_optim.registry import list_optimizers, normalize_name, optimizer_info
+
+__all__ = ["main", "markdown_table", "render_list", "render_recommendation", "render_show"]
+
+WIDTH = 100
+
+
+def _status(record) -> str:
+    return "available" if record.available else "not yet available"
+
+
+def markdown_table() -> str:
+    """The guide's table, generated from the records (the README embeds it; a test keeps them equal)."""
+    lines = ["| Rating | Optimizer | Category | Best for | Source | Status |", "|---|---|---|---|---|---|"]
+    for r in RECORDS:
+        lines.append(f"| {r.stars} {r.rating:.1f} | {r.name} | {r.category} | {r.best_for} | {r.source} | {_status(r)} |")
+    return "\n".join(lines)
+
+
+def render_list(names: Sequence[str]) -> str:
+    rows = [("RATING", "NAME", "CATEGORY", "BEST FOR", "STATUS")]
+    for name in names:
+        r = optimizer_info(name)
+        rows.append((f"{r.rating:.1f}", r.name, r.category, r.best_for, _status(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _wrap(text: str, indent: str = "  ") -> str:
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent)
+
+
+def render_show(name: str) -> str:
+    r = optimizer_info(name)
+    out = [
+        f"{r.name}  {r.stars} ({r.rating:.1f}/5)  [{r.category}]  {_status(r)}",
+        f"  best for: {r.best_for}",
+        f"  paper:    {r.paper.citation()}",
+        f"  class:    {r.class_path.replace(':', '.')}  (source: {r.source})",
+    ]
+    if r.aliases:
+        out.append(f"  aliases:  {', '.join(r.aliases)}")
+    out += ["", "What it does:", _wrap(r.description), "", "When to use it:", _wrap(r.when_to_use)]
+    out += ["", "State kept:", _wrap(r.state)]
+    out += ["", "Recommended settings (create_optimizer uses these for anything you leave out):"]
+    out += [f"  {k} = {v!r}" for k, v in r.recommended.items()] or ["  (the class defaults)"]
+    out += ["", "Protocol:"] + [f"  - {line}" for line in r.protocol.lines()]
+    if r.available:
+        caps = r.capabilities
+        takes = [k for k in ("lr", "betas", "eps", "weight_decay", "momentum") if caps.accepts(k)]
+        out += ["", "Capabilities (read from the class):", f"  takes: {', '.join(takes) or 'none of the generic ones'}"
+                + (f" ({caps.num_betas} betas)" if caps.betas else "")]
+        out.append(f"  fused kernel: {'yes' if caps.fused else 'no'};  compiled update: {'yes' if caps.compiled else 'no'};"
+                   f"  sparse gradients: {'yes' if caps.sparse_grad else 'no'};"
+                   f"  state before first step: {'yes' if caps.state_before_step else 'no'}")
+    if r.corrections:
+        out += ["", "Corrections to the guide:"] + [_wrap("- " + c) for c in r.corrections]
+    return "\n".join(out)
+
+
+def render_recommendation(goal: str | None) -> str:
+    goals = GOALS if goal is None else [g for g in GOALS if normalize_name(g.key) == normalize_name(goal)]
+    out = []
+    for g in goals:
+        out.append(f"{g.title} [{g.key}]: {', '.join(g.names)}")
+        out.append(_wrap(g.reason))
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rvc-optim",
+        description="The 43 optimizers RVC voice models are trained with: list, inspect, benchmark, train.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="print the optimizer table", description="Print the optimizer table.")
+    p.add_argument("--category", help="only this category (e.g. 'LR-Free', 'Schedule-Free')")
+    p.add_argument("--min-rating", type=float, help="only optimizers rated at least this (2.0 to 5.0)")
+    p.add_argument("--available", action="store_true", help="only optimizers implemented in this version")
+    p.add_argument("--markdown", action="store_true", help="print the README's markdown table instead")
+
+    p = sub.add_parser("show", help="print one optimizer's record", description="Print one optimizer's record: "
+                       "paper, description, recommended settings, protocol, capabilities.")
+    p.add_argument("name", help="optimizer name (any case; aliases accepted)")
+
+    goal_keys = [g.key for g in GOALS]
+    p = sub.add_parser("recommend", help="which optimizer for which goal",
+                       description="Recommend optimizers for a goal: " + ", ".join(goal_keys) + ".")
+    p.add_argument("--goal", choices=goal_keys, help="one goal (default: all)")
+
+    from rvc_optim import benchmark
+
+    benchmark.add_arguments(sub.add_parser(
+        "bench", help="time one optimizer step on RVC v2's parameters",
+        description="Time one optimizer step on the parameters of RVC's v2 40k generator and discriminator, "
+                    "as a ratio to the memory-traffic floor calibrated with torch's fused AdamW in the same run."))
+
+    try:
+        from rvc_optim.train import cli as train_cli
+    except ImportError:
+        train_cli = None
+    if train_cli is not None:
+        train_cli.add_arguments(sub.add_parser(
+            "train", help="train an RVC v2 voice model", description=train_cli.DESCRIPTION,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            if args.markdown:
+                print(markdown_table())
+                return 0
+            names = list_optimizers(args.category, args.min_rating, available_only=args.available)
+            if not names:
+                print("no optimizer matches", file=sys.stderr)
+                return 1
+            print(render_list(names))
+        elif args.command == "show":
+            print(render_show(args.name))
+        elif args.command == "recommend":
+            print(render_recommendation(args.goal))
+        elif args.command == "bench":
+            from rvc_optim import benchmark
+
+            return benchmark.run_from_args(args)
+        elif args.command == "train":
+            from rvc_optim.train import cli as train_cli
+
+            return train_cli.run(args)
+    except ValueError as err:
+        print(f"rvc-optim: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

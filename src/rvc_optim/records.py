@@ -1,0 +1,233 @@
+"""The record types of the registry: what the library knows about each optimizer.
+
+A record is data. Everything a trainer needs to drive an optimizer correctly (how its learning rate
+is meant, whether it owns its schedule, whether it needs ``train()``/``eval()`` calls, the run length,
+curvature refreshes, parameter routing) is written in its :class:`Protocol`, so that no trainer ever
+branches on an optimizer's name. What can be read from the class itself (which generic
+hyper-parameters it takes, fused kernels, sparse gradients, state created before the first step) is
+read from it in :mod:`rvc_optim.capabilities`, never typed in by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+from torch.optim import Optimizer
+
+__all__ = [
+    "CurvatureRefresh",
+    "NotImplementedYet",
+    "OptimizerInfo",
+    "Paper",
+    "ParamRouting",
+    "Protocol",
+    "RunLength",
+]
+
+LrRole = Literal["step", "multiplier", "none"]
+Source = Literal["torch", "rvc_optim"]
+
+
+class NotImplementedYet(NotImplementedError):
+    """Raised when a registered optimizer has a record but no implementation yet."""
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Paper:
+    """Where the algorithm was published. ``arxiv`` is empty for papers without an arXiv id."""
+
+    title: str
+    authors: str
+    year: int
+    arxiv: str = ""
+    venue: str = ""
+
+    def citation(self) -> str:
+        where = f"arXiv:{self.arxiv}" if self.arxiv else self.venue
+        return f'"{self.title}", {self.authors}, {self.year}' + (f", {where}" if where else "")
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """The optimizer needs the total number of steps up front.
+
+    ``create_optimizer(..., num_iterations=N)`` turns ``N`` into the class's own arguments with
+    :meth:`kwargs_for`; a record without a run length ignores ``num_iterations``.
+    """
+
+    total_steps_kwarg: str | None = None
+    epochs_kwarg: str | None = None
+    steps_per_epoch_kwarg: str | None = None
+
+    def kwargs_for(self, num_iterations: int) -> dict[str, int]:
+        if self.total_steps_kwarg:
+            return {self.total_steps_kwarg: num_iterations}
+        return {self.epochs_kwarg: 1, self.steps_per_epoch_kwarg: num_iterations}
+
+    @property
+    def kwarg_names(self) -> tuple[str, ...]:
+        names = (self.total_steps_kwarg, self.epochs_kwarg, self.steps_per_epoch_kwarg)
+        return tuple(n for n in names if n)
+
+
+@dataclass(frozen=True)
+class CurvatureRefresh:
+    """A curvature estimate must be refreshed every ``every`` steps by calling ``method`` on the
+    optimizer after the ordinary backward pass (``needs_create_graph``: that backward must keep the
+    graph, as for Hutchinson estimates)."""
+
+    every: int
+    method: str
+    needs_create_graph: bool = False
+    how: str = ""
+
+
+@dataclass(frozen=True)
+class ParamRouting:
+    """The optimizer splits parameters by role itself; ``wants_names`` means it must be given
+    ``(name, parameter)`` pairs (an ``nn.Module`` to ``create_optimizer`` does this)."""
+
+    rule: str
+    wants_names: bool = False
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a trainer must do beyond ``zero_grad(); loss.backward(); step()``."""
+
+    lr_role: LrRole = "step"
+    owns_schedule: bool = False
+    scheduler_allowed_with: str = ""
+    train_eval: bool = False
+    run_length: RunLength | None = None
+    curvature_refresh: CurvatureRefresh | None = None
+    param_routing: ParamRouting | None = None
+    needs_closure: bool = False
+    host_syncs_per_step: int = 0
+    host_sync_reason: str = ""
+    single_lr: bool = False
+    single_group_hparams: tuple[str, ...] = ()
+
+    @property
+    def wants_lr_scheduler(self) -> bool:
+        """True where a trainer should apply its ordinary LR schedule by default."""
+        return not self.owns_schedule and self.lr_role == "step"
+
+    def lines(self) -> list[str]:
+        """The protocol as short human-readable lines (for ``rvc-optim show``)."""
+        out = [
+            {
+                "step": "lr is an ordinary step size",
+                "multiplier": "lr multiplies a step size the optimizer finds itself (use 1.0)",
+                "none": "takes no learning rate",
+            }[self.lr_role]
+        ]
+        if self.owns_schedule:
+            out.append(
+                "owns its schedule: apply no LR scheduler"
+                + (f" (one is allowed with {self.scheduler_allowed_with})" if self.scheduler_allowed_with else "")
+            )
+        if self.train_eval:
+            out.append("call optimizer.train() before training steps and optimizer.eval() before evaluating or saving")
+        if self.run_length:
+            out.append("needs the run length up front: pass num_iterations to create_optimizer")
+        if self.curvature_refresh:
+            c = self.curvature_refresh
+            out.append(f"refresh curvature every {c.every} steps with optimizer.{c.method}()" + (f": {c.how}" if c.how else ""))
+        if self.param_routing:
+            out.append(f"routes parameters itself: {self.param_routing.rule}")
+        if self.needs_closure:
+            out.append("step() requires a closure")
+        if self.single_lr:
+            out.append("all param groups must share one lr (0 freezes a group)")
+        for hp in self.single_group_hparams:
+            out.append(f"the reference reads {hp} from the first group only; this one honours each group's value")
+        syncs = self.host_syncs_per_step
+        out.append(
+            f"host syncs per step: {syncs}" + (f" ({self.host_sync_reason})" if self.host_sync_reason else "")
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """One optimizer: the guide's data, our description, the recommendation and the protocol.
+
+    ``class_path`` is ``"module:Class"``. A record whose module does not exist yet is registered but
+    not available (:attr:`available` is False and :attr:`cls` raises :class:`NotImplementedYet`).
+    ``recommended`` is what :func:`rvc_optim.create_optimizer` uses for anything the caller leaves
+    out, at RVC scale; the class keeps its authors' defaults. ``test_settings`` override it in the
+    contract suite's 50-step regression where the RVC-scale value is too slow for 50 steps, with the
+    reason in ``test_settings_reason``.
+    """
+
+    name: str
+    class_path: str
+    rating: float
+    category: str
+    best_for: str
+    paper: Paper
+    source: Source
+    description: str
+    when_to_use: str
+    state: str
+    recommended: Mapping[str, Any] = field(default_factory=dict)
+    protocol: Protocol = Protocol()
+    aliases: tuple[str, ...] = ()
+    test_settings: Mapping[str, Any] = field(default_factory=dict)
+    test_settings_reason: str = ""
+    corrections: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 2.0 <= self.rating <= 5.0:
+            raise ValueError(f"{self.name}: rating {self.rating} outside [2.0, 5.0]")
+        if ":" not in self.class_path:
+            raise ValueError(f"{self.name}: class_path must be 'module:Class', got {self.class_path!r}")
+        object.__setattr__(self, "recommended", _frozen(self.recommended))
+        object.__setattr__(self, "test_settings", _frozen(self.test_settings))
+        if self.test_settings and not self.test_settings_reason:
+            raise ValueError(f"{self.name}: test_settings need a test_settings_reason")
+
+    @property
+    def module_name(self) -> str:
+        return self.class_path.split(":", 1)[0]
+
+    @property
+    def class_name(self) -> str:
+        return self.class_path.split(":", 1)[1]
+
+    @property
+    def available(self) -> bool:
+        """Whether the implementation exists. A module that exists but fails to import raises."""
+        try:
+            return importlib.util.find_spec(self.module_name) is not None
+        except ModuleNotFoundError:
+            return False
+
+    @property
+    def cls(self) -> type[Optimizer]:
+        if not self.available:
+            raise NotImplementedYet(
+                f"{self.name} is registered but not implemented yet in this version of rvc-optim "
+                f"(expected at {self.class_path}); see `rvc-optim list` for the available ones"
+            )
+        return getattr(importlib.import_module(self.module_name), self.class_name)
+
+    @property
+    def stars(self) -> str:
+        full = int(self.rating)
+        return "\u2b50" * full + ("\u00bd" if self.rating - full >= 0.5 else "")
+
+    @property
+    def capabilities(self):  # -> rvc_optim.capabilities.Capabilities
+        from rvc_optim.capabilities import capabilities_of
+
+        return capabilities_of(self.cls)
