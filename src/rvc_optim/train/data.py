@@ -714,8 +714,10 @@ def make_dataloader(
     ``(rows, cfg, batch_size, seed, epoch, rank, world_size, start_batch)``.
 
     ``loader.batch_sampler`` is the :class:`BucketBatchSampler`: call its ``set_epoch`` at the top of
-    each epoch, as RVC does. ``batch_size`` is per rank (RVC passes ``batch_size * n_gpus`` to its
-    sampler and then splits: the same thing). Workers are not persistent (RVC's are), so each epoch
+    each epoch, as RVC does. ``batch_size`` is the batch of each rank. RVC hands its sampler
+    ``batch_size * n_gpus``, and the sampler uses that as every rank's batch, so RVC's per-GPU batch
+    grows with the GPU count (global batch ``batch_size * n_gpus**2``); to reproduce an RVC
+    multi-GPU run, pass ``batch_size * world_size`` here. Workers are not persistent (RVC's are), so each epoch
     starts them afresh with seeds from ``(seed, epoch, worker_id)``; the loader's ``generator`` is
     seeded from ``(seed, epoch)`` too. The data set has no randomness of its own today; the seeding
     keeps future augmentation reproducible.

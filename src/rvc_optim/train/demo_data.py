@@ -15,7 +15,8 @@ frame rates and filelist format, so the training code reads it exactly as it rea
   NOT HuBERT, but a fixed random projection of standardised log-mel frames of the 16 kHz audio, so
   they follow the audio deterministically and carry information a model can learn from.
 
-Everything is deterministic in ``seed``. scipy is not a dependency: the formant filter is applied
+Everything is deterministic in ``seed`` (the samples, arrays and filelist; the bytes of a float WAV
+are not quite, since libsndfile's PEAK chunk carries a timestamp). scipy is not a dependency: the formant filter is applied
 in the STFT domain with numpy (the magnitude response of 2-pole resonators, frame by frame).
 """
 
