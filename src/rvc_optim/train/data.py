@@ -278,7 +278,8 @@ class RVCDataset(Dataset):
       scipy reader would leave it at +-32768); its rate must equal ``cfg.sample_rate``;
     * the linear spectrogram (``spectrogram_torch``, ``center=False``) is cached as ``<name>.spec.pt``
       beside the wav when ``cache_spectrograms``; a cache that fails to load or has the wrong shape
-      is recomputed (with a warning) and rewritten, atomically;
+      is recomputed (with a warning) and rewritten, atomically. With ``cache_spectrograms=False``
+      caches are neither read nor written (for read-only data folders);
     * lengths are aligned: ``L = min(phone frames, spec frames)``, and spec, wav, phone, pitch and
       pitchf are cut to ``L`` frames (``L*hop`` samples).
 
@@ -319,7 +320,7 @@ class RVCDataset(Dataset):
         where = row.where()
         try:
             info = sf.info(str(row.wav))
-        except (RuntimeError, sf.LibsndfileError) as e:
+        except RuntimeError as e:  # soundfile's LibsndfileError is a RuntimeError
             raise ValueError(f"{where}: cannot read audio file {row.wav}: {e}") from e
         if info.samplerate != cfg.sample_rate:
             raise ValueError(
@@ -717,10 +718,12 @@ def make_dataloader(
     each epoch, as RVC does. ``batch_size`` is the batch of each rank. RVC hands its sampler
     ``batch_size * n_gpus``, and the sampler uses that as every rank's batch, so RVC's per-GPU batch
     grows with the GPU count (global batch ``batch_size * n_gpus**2``); to reproduce an RVC
-    multi-GPU run, pass ``batch_size * world_size`` here. Workers are not persistent (RVC's are), so each epoch
-    starts them afresh with seeds from ``(seed, epoch, worker_id)``; the loader's ``generator`` is
-    seeded from ``(seed, epoch)`` too. The data set has no randomness of its own today; the seeding
-    keeps future augmentation reproducible.
+    multi-GPU run, pass ``batch_size * world_size`` here.
+
+    Workers are not persistent (RVC's are), so each epoch starts them afresh with seeds from
+    ``(seed, epoch, worker_id)``; the loader's ``generator`` is seeded from ``(seed, epoch)`` too.
+    The data set has no randomness of its own today; the seeding keeps future augmentation
+    reproducible.
     """
     dataset = RVCDataset(rows, cfg, cache_spectrograms=cache_spectrograms)
     sampler = BucketBatchSampler(

@@ -15,9 +15,10 @@ frame rates and filelist format, so the training code reads it exactly as it rea
   NOT HuBERT, but a fixed random projection of standardised log-mel frames of the 16 kHz audio, so
   they follow the audio deterministically and carry information a model can learn from.
 
-Everything is deterministic in ``seed`` (the samples, arrays and filelist; the bytes of a float WAV
-are not quite, since libsndfile's PEAK chunk carries a timestamp). scipy is not a dependency: the formant filter is applied
-in the STFT domain with numpy (the magnitude response of 2-pole resonators, frame by frame).
+Everything is deterministic in ``seed`` (the samples, arrays and filelist; not quite the bytes of a
+float WAV, whose PEAK chunk from libsndfile carries a timestamp). scipy is not a dependency: the
+formant filter is applied in the STFT domain with numpy (the magnitude response of 2-pole
+resonators, frame by frame).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class _Contour:
         self.edges = np.array(edges)
 
     def f0(self, t: np.ndarray) -> np.ndarray:
-        semis = (self.glide_a[:, None] * np.sin(2 * np.pi * self.glide_f[:, None] * t + self.glide_p[:, None])).sum(0)
+        glides = np.sin(2 * np.pi * self.glide_f[:, None] * t + self.glide_p[:, None])
+        semis = (self.glide_a[:, None] * glides).sum(0)
         semis = semis + self.vib_a * np.sin(2 * np.pi * self.vib_f * t)
         return self.base * 2.0 ** (semis / 12.0)
 
@@ -210,8 +212,12 @@ def demo_features(audio_16k: np.ndarray, feature_dim: int = 768) -> np.ndarray:
 
 
 _DIRS = {
-    "rvc": {"wav": "0_gt_wavs", "wav16k": "1_16k_wavs", "coarse": "2a_f0", "hz": "2b-f0nsf", "feat": "3_feature768"},
-    "applio": {"wav": "sliced_audios", "wav16k": "sliced_audios_16k", "coarse": "f0", "hz": "f0_voiced", "feat": "extracted"},
+    "rvc": {
+        "wav": "0_gt_wavs", "wav16k": "1_16k_wavs", "coarse": "2a_f0", "hz": "2b-f0nsf", "feat": "3_feature768",
+    },
+    "applio": {
+        "wav": "sliced_audios", "wav16k": "sliced_audios_16k", "coarse": "f0", "hz": "f0_voiced", "feat": "extracted",
+    },
 }
 
 
@@ -284,11 +290,12 @@ def make_demo_experiment(
         np.save(paths["feat"], feats)
         total_seconds += n_samples / sr
 
+        files = [paths[k].resolve() for k in ("wav", "feat", "coarse", "hz")]
         if layout == "rvc":
-            cols = [str(paths[k].resolve()) for k in ("wav", "feat", "coarse", "hz")]
-        else:
+            cols = [str(f) for f in files]
+        else:  # relative to the folder holding logs/, as Applio writes them (with forward slashes)
             base = root.resolve().parent.parent
-            cols = [os.path.relpath(paths[k].resolve(), base).replace("\\", "/") for k in ("wav", "feat", "coarse", "hz")]
+            cols = [os.path.relpath(f, base).replace("\\", "/") for f in files]
         rows.append("|".join([*cols, str(speaker_id)]))
 
     random.Random(seed).shuffle(rows)
