@@ -11,4 +11,5 @@ python3 -m venv "$VENV"
 # Reference packages whose own dependencies must not be installed (see README, "Tests").
 "$VENV/bin/python" -m pip install -q -c constraints.txt --no-deps timm==1.0.31 transformers==5.24.0
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 "$VENV/bin/python" -m pytest -n 2 -q -p no:cacheprovider "$@"

@@ -115,6 +115,7 @@ INVALID = {
 
 @pytest.mark.parametrize("record", ALL)
 def test_invalid_hyperparameters_name_the_argument(record):
+    record.cls
     caps = record.capabilities
     model = ContractNet()
     checked = 0
@@ -175,6 +176,7 @@ def test_params_without_grad_untouched(record):
 
 @pytest.mark.parametrize("record", ALL)
 def test_param_groups_lr(record):
+    record.cls  # a registered but unwritten optimizer fails here, as its xfail expects
     if record.protocol.lr_role == "none":
         pytest.skip(f"{record.name} takes no learning rate")
     model, tokens, target = make_task()

@@ -89,7 +89,7 @@ def _probe_sparse(cls: type[Optimizer]) -> bool:
     weight = torch.nn.Parameter(torch.ones(4, 2))
     opt = cls([weight], **_probe_kwargs(cls))
     _enter_training(opt)
-    weight.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.ones(2, 2), (4, 2))
+    weight.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.ones(2, 2), (4, 2), check_invariants=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
