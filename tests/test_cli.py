@@ -1,0 +1,62 @@
+"""The rvc-optim command: list, show, recommend, help, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from rvc_optim.catalog import GOALS, RECORDS
+from rvc_optim.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_prints_every_optimizer(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    for record in RECORDS:
+        assert record.name in out
+    assert out.splitlines()[1].split()[1] == "AdamW"  # the guide's order
+
+
+def test_list_filters(capsys):
+    code, out, _ = run(capsys, "list", "--category", "LR-Free", "--min-rating", "4")
+    lines = out.splitlines()[1:]
+    assert code == 0 and lines
+    assert {line.split()[1] for line in lines} == {r.name for r in RECORDS if r.category == "LR-Free" and r.rating >= 4}
+
+
+def test_show_prints_paper_protocol_and_advice(capsys):
+    code, out, _ = run(capsys, "show", "schedule-free-adamw")
+    assert code == 0
+    assert "The Road Less Scheduled" in out and "2405.15682" in out
+    assert "optimizer.train()" in out and "no LR scheduler" in out
+    assert "When to use it" in out
+
+
+def test_show_unknown_name_suggests(capsys):
+    code, _, err = run(capsys, "show", "adamww")
+    assert code == 2 and "AdamW" in err
+
+
+@pytest.mark.parametrize("goal", [g.key for g in GOALS])
+def test_recommend_each_goal(capsys, goal):
+    code, out, _ = run(capsys, "recommend", "--goal", goal)
+    record = next(g for g in GOALS if g.key == goal)
+    assert code == 0 and all(name in out for name in record.names)
+
+
+def test_recommend_all_goals(capsys):
+    code, out, _ = run(capsys, "recommend")
+    assert code == 0 and all(g.title in out for g in GOALS)
+
+
+@pytest.mark.parametrize("command", ["list", "show", "recommend", "bench"])
+def test_help_on_every_command(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: rvc-optim " + command in capsys.readouterr().out

@@ -1,0 +1,36 @@
+"""The README's promises: its table is the registry's, its test command is what CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rvc_optim.cli import main, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _first_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", _readme(), re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_table_is_generated_from_the_records():
+    assert markdown_table() in _readme()
+
+
+def test_the_two_first_commands():
+    install_and_train, install_and_test = _first_commands()[:2]
+    assert "pip install" in install_and_train and "-c constraints.txt" in install_and_train
+    assert "rvc-optim train --demo" in install_and_train
+    assert install_and_test == "bash scripts/test.sh"
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_list_markdown_prints_the_table(capsys):
+    assert main(["list", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == markdown_table()
