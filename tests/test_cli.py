@@ -60,3 +60,8 @@ def test_help_on_every_command(capsys, command):
         main([command, "--help"])
     assert exc.value.code == 0
     assert "usage: rvc-optim " + command in capsys.readouterr().out
+
+
+def test_list_unknown_category_is_a_clear_error(capsys):
+    code, _, err = run(capsys, "list", "--category", "lr free-ish")
+    assert code == 2 and "LR-Free" in err

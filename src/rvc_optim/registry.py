@@ -83,7 +83,16 @@ def get_optimizer_class(name: str) -> type[Optimizer]:
 def list_optimizers(
     category: str | None = None, min_rating: float | None = None, available_only: bool = False
 ) -> list[str]:
-    """Registry names in the guide's order, optionally filtered."""
+    """Registry names in the guide's order, optionally filtered (an unknown category is an error)."""
+    if category is not None:
+        categories = {normalize_name(r.category): r.category for r in RECORDS}
+        if normalize_name(category) not in categories:
+            close = difflib.get_close_matches(normalize_name(category), list(categories), n=3, cutoff=0.5)
+            known = ", ".join(sorted(set(categories.values())))
+            hint = f"did you mean {', '.join(categories[c] for c in close)}? " if close else ""
+            raise ValueError(f"unknown category {category!r}; {hint}categories: {known}")
+    if min_rating is not None and not 0.0 <= min_rating <= 5.0:
+        raise ValueError(f"min_rating must be between 0 and 5, got {min_rating}")
     out = []
     for record in RECORDS:
         if category is not None and normalize_name(record.category) != normalize_name(category):
