@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 import torch
 
-from rvc_optim.train.config import get_config
+from rvc_optim.train.config import ModelConfig, get_config
 from rvc_optim.train.model import build_discriminator, build_generator, commons
 from rvc_optim.train.model.attentions import MultiHeadAttention, _absolute_to_relative, _relative_to_absolute
 from rvc_optim.train.model.models import SynthesizerTrnMs768NSFsid
@@ -196,6 +196,17 @@ def test_legacy_state_dict_loads_strictly_and_gives_identical_outputs(tiny_cfg) 
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_discriminator_legacy_state_dict_loads_strictly() -> None:
+    src_sd = build_discriminator().state_dict()
+    legacy = to_legacy_state_dict(src_sd)
+    assert len(legacy) == 165 and "discriminators.8.conv_post.weight_g" in legacy
+    for load in (lambda m, sd: m.load_state_dict(sd, strict=True), load_rvc_state_dict):
+        dst = build_discriminator()
+        load(dst, legacy)
+        for key, value in dst.state_dict().items():
+            assert torch.equal(value, src_sd[key]), key
+
+
 def test_load_rvc_state_dict_strict_rejects_mismatch(tiny_cfg) -> None:
     src = to_legacy_state_dict(build_generator(tiny_cfg).state_dict())
     src.pop("emb_g.weight")
@@ -278,3 +289,45 @@ def test_sine_source_is_continuous_and_follows_f0() -> None:
     unvoiced, uv2, _ = gen(torch.zeros(1, 3), upp)
     assert (uv2 == 0).all()
     assert unvoiced.std() == pytest.approx(0.1 / 3, rel=0.15)
+
+
+# ---------------------------------------------------------------------- config
+def test_config_values_match_rvc() -> None:
+    cfg = get_config("40k")
+    assert cfg.export_list() == [
+        1025, 32, 192, 192, 768, 2, 6, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        [10, 10, 2, 2], 512, [16, 16, 4, 4], 109, 256, 40000,
+    ]  # fmt: skip
+    assert [get_config(n).segment_frames for n in ("32k", "40k", "48k")] == [40, 32, 36]
+    assert get_config(48000) is get_config("48k")
+    assert cfg.effective_mel_fmax == 20000.0 and cfg.c_mel == 45 and cfg.c_kl == 1.0
+    tiny = get_config("tiny")
+    assert tiny.upsample_factor == tiny.hop_length and tiny.segment_frames == 24
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("44k")
+    with pytest.raises(ValueError, match="hop_length"):
+        tiny.replace(hop_length=200)
+
+
+def test_config_rvc_json_round_trip(tmp_path) -> None:
+    cfg = get_config("48k")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_rvc_json(), indent=4, sort_keys=True))
+    assert ModelConfig.from_rvc_json(path) == cfg
+    raw = cfg.to_rvc_json({"batch_size": 8})
+    assert raw["train"]["batch_size"] == 8 and raw["train"]["segment_size"] == 17280
+    assert raw["data"]["sampling_rate"] == 48000 and raw["data"]["mel_fmax"] is None
+    assert "spec_channels" not in raw["model"] and raw["model"]["use_spectral_norm"] is False
+
+
+def test_config_reads_applio_json_and_names_missing_keys(tmp_path) -> None:
+    raw = get_config("32k").to_rvc_json()
+    raw["data"]["sample_rate"] = raw["data"].pop("sampling_rate")  # Applio's key
+    raw["model"]["text_enc_hidden_dim"] = 768
+    path = tmp_path / "applio.json"
+    path.write_text(json.dumps(raw))
+    assert ModelConfig.from_rvc_json(path) == get_config("32k")
+    del raw["data"]["hop_length"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(KeyError, match=r"applio\.json.*data\.hop_length"):
+        ModelConfig.from_rvc_json(path)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ModelConfig", "get_config", "config_names", "RVC_TRAIN_DEFAULTS"]
+__all__ = ["ModelConfig", "ConfigKeyError", "get_config", "config_names", "RVC_TRAIN_DEFAULTS"]
 
 #: The ``train`` section RVC's v2 JSON files share; written by :meth:`ModelConfig.to_rvc_json`
 #: so RVC can read the file back. Only ``segment_size``, ``c_mel`` and ``c_kl`` come from the
@@ -38,6 +38,13 @@ RVC_TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 _MAX_WAV_VALUE = 32768.0
+
+
+class ConfigKeyError(KeyError):
+    """A key missing from an RVC/Applio config file; the message names the file and the key."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,7 @@ class ModelConfig:
 
         RVC names the sample rate ``data.sampling_rate``, Applio ``data.sample_rate``; Applio's
         ``model.text_enc_hidden_dim`` becomes ``feature_dim`` (768 when absent). A missing key
-        raises ``KeyError`` naming the file and the key.
+        raises :class:`ConfigKeyError` (a ``KeyError``) naming the file and the key.
         """
         path = Path(path)
         with path.open("r", encoding="utf-8") as f:
@@ -211,13 +218,13 @@ class ModelConfig:
         def get(section: str, *keys: str, default: Any = ...) -> Any:
             sec = raw.get(section)
             if not isinstance(sec, Mapping):
-                raise KeyError(f"{source}: missing section {section!r}")
+                raise ConfigKeyError(f"{source}: missing section {section!r}")
             for key in keys:
                 if key in sec:
                     return sec[key]
             if default is not ...:
                 return default
-            raise KeyError(f"{source}: missing key {section}.{' or '.join(keys)}")
+            raise ConfigKeyError(f"{source}: missing key {section}.{' or '.join(keys)}")
 
         if get("model", "use_spectral_norm", default=False):
             raise ValueError(f"{source}: model.use_spectral_norm=true is not supported (RVC v2 uses weight norm)")
