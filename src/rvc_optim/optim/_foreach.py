@@ -116,8 +116,15 @@ def scalar_dtype(param_dtype: torch.dtype) -> torch.dtype:
 
 
 def scalar(value: float | Tensor, device: torch.device, param_dtype: torch.dtype) -> Tensor:
-    """A 0-d tensor on ``device`` holding ``value``: how per-step scalars enter compiled updates."""
-    return torch.as_tensor(value, dtype=scalar_dtype(param_dtype), device=device).reshape(())
+    """A 0-d tensor on ``device`` holding ``value``: how per-step scalars enter compiled updates.
+
+    A Python number becomes a fill kernel (``torch.full``): no blocking host-to-device copy, so no
+    host synchronisation on an accelerator.
+    """
+    dtype = scalar_dtype(param_dtype)
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype).reshape(())
+    return torch.full((), value, dtype=dtype, device=device)
 
 
 def bias_correction(beta: float, step: Tensor | float) -> Tensor | float:
