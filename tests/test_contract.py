@@ -194,6 +194,18 @@ def test_param_groups_lr(record):
     ProtocolDriver(optimizer, record).eval()
     assert all(torch.equal(p.detach(), b) for p, b in zip(frozen, before_frozen)), f"{record.name}: lr=0 group moved"
     assert any(not torch.equal(p.detach(), b) for p, b in zip(moving, before_moving)), f"{record.name}: nothing moved"
+    if record.protocol.single_lr:
+        return
+    # A second group's own lr is used: halving it changes where that group ends up.
+    ends = []
+    for head_lr in (lr, lr * 0.5):
+        model, tokens, target = make_task()
+        frozen = [model.head.weight, model.head.bias]
+        moving = [p for p in model.parameters() if all(p is not q for q in frozen)]
+        optimizer = build(record, [{"params": moving, "lr": lr}, {"params": frozen, "lr": head_lr}])
+        train(record, model, optimizer, tokens, target, 5)
+        ends.append(model.head.weight.detach().clone())
+    assert not torch.equal(*ends), f"{record.name}: the second group's lr was ignored"
 
 
 @pytest.mark.parametrize("record", ALL)
