@@ -150,7 +150,9 @@ def test_flow_reverse_inverts_forward(tiny_cfg) -> None:
 
 
 def test_discriminator_outputs(tiny_cfg) -> None:
-    d = build_discriminator(tiny_cfg)
+    d = build_discriminator(tiny_cfg)  # narrowed (disc_width_divisor), same names as RVC's
+    assert [k for k, _ in _legacy_shapes(d)] == [k for k, _ in SHAPES["discriminator_v2"]["parameters"]]
+    assert sum(p.numel() for p in d.parameters()) < 1_000_000
     n = 1000  # not a multiple of most periods: exercises the reflect padding
     y, y_hat = torch.randn(2, 1, n), torch.randn(2, 1, n)
     y_d_rs, y_d_gs, fmap_rs, fmap_gs = d(y, y_hat)

@@ -53,6 +53,8 @@ class ModelConfig:
 
     Field names follow RVC's JSON except ``sample_rate`` (RVC ``sampling_rate``), ``n_fft``
     (RVC ``filter_length``) and ``feature_dim`` (Applio ``text_enc_hidden_dim``; 768 for v2).
+    ``disc_width_divisor`` is ours (1 = RVC's discriminator; the ``tiny`` config narrows it) and is
+    not written to or read from RVC's JSON.
     """
 
     # model section
@@ -84,6 +86,9 @@ class ModelConfig:
     c_mel: float = 45.0
     c_kl: float = 1.0
     feature_dim: int = 768
+    # Not RVC's: divides the discriminator's channel and group counts (1 = RVC's discriminator).
+    # Only the tiny config uses it, so a CPU training step stays well under a second.
+    disc_width_divisor: int = 1
 
     def __post_init__(self) -> None:
         # Accept lists (as read from JSON) but store tuples, so the record stays hashable.
@@ -126,6 +131,8 @@ class ModelConfig:
                 f"upsample_initial_channel ({self.upsample_initial_channel}) must be divisible by "
                 f"2**{len(self.upsample_rates)} (it is halved at every upsampling stage)"
             )
+        if self.disc_width_divisor < 1:
+            raise ValueError(f"disc_width_divisor must be >= 1, got {self.disc_width_divisor}")
         if self.segment_size < self.hop_length:
             raise ValueError(f"segment_size ({self.segment_size} samples) is shorter than one hop ({self.hop_length})")
 
@@ -381,6 +388,7 @@ _PRESETS: dict[str, ModelConfig] = {
         win_length=512,
         n_mel_channels=40,
         segment_size=160 * 24,
+        disc_width_divisor=16,
     ),
 }
 

@@ -19,6 +19,7 @@ def build_generator(cfg: ModelConfig) -> SynthesizerTrnMs768NSFsid:
 
 
 def build_discriminator(cfg: ModelConfig | None = None) -> MultiPeriodDiscriminatorV2:
-    """The v2 multi-period discriminator. Its shape does not depend on ``cfg`` (accepted for
-    symmetry with :func:`build_generator`)."""
-    return MultiPeriodDiscriminatorV2(use_spectral_norm=False)
+    """The v2 multi-period discriminator: RVC's for the 32k/40k/48k configs (and for ``None``);
+    narrower by ``cfg.disc_width_divisor`` for the ``tiny`` config."""
+    divisor = 1 if cfg is None else cfg.disc_width_divisor
+    return MultiPeriodDiscriminatorV2(use_spectral_norm=False, width_divisor=divisor)

@@ -451,10 +451,18 @@ def _norm(module: nn.Module, use_spectral_norm: bool) -> nn.Module:
     return weight_norm(module)
 
 
-class DiscriminatorS(nn.Module):
-    """HiFi-GAN/MelGAN scale discriminator on the raw waveform (grouped strided 1-D convs)."""
+def _narrow(channels: int, width_divisor: int) -> int:
+    return channels if channels == 1 else max(1, channels // width_divisor)
 
-    def __init__(self, use_spectral_norm: bool = False) -> None:
+
+class DiscriminatorS(nn.Module):
+    """HiFi-GAN/MelGAN scale discriminator on the raw waveform (grouped strided 1-D convs).
+
+    ``width_divisor`` > 1 divides every channel count and group count (not in RVC; only for the
+    ``tiny`` test config, where RVC's 71M-parameter discriminator would dominate a CPU step).
+    """
+
+    def __init__(self, use_spectral_norm: bool = False, width_divisor: int = 1) -> None:
         super().__init__()
         specs = [  # (in, out, kernel, stride, groups, padding)
             (1, 16, 15, 1, 1, 7),
@@ -464,10 +472,12 @@ class DiscriminatorS(nn.Module):
             (1024, 1024, 41, 4, 256, 20),
             (1024, 1024, 5, 1, 1, 2),
         ]
+        w = width_divisor
         self.convs = nn.ModuleList(
-            _norm(nn.Conv1d(i, o, k, s, groups=g, padding=p), use_spectral_norm) for i, o, k, s, g, p in specs
+            _norm(nn.Conv1d(_narrow(i, w), _narrow(o, w), k, s, groups=max(1, g // w), padding=p), use_spectral_norm)
+            for i, o, k, s, g, p in specs
         )
-        self.conv_post = _norm(nn.Conv1d(1024, 1, 3, 1, padding=1), use_spectral_norm)
+        self.conv_post = _norm(nn.Conv1d(_narrow(1024, w), 1, 3, 1, padding=1), use_spectral_norm)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``x [B, 1, N]`` → ``(score [B, n], feature maps (7 tensors))``."""
@@ -482,19 +492,26 @@ class DiscriminatorS(nn.Module):
 
 class DiscriminatorP(nn.Module):
     """HiFi-GAN period discriminator: the waveform folded into ``[T / period, period]`` and read by
-    2-D convolutions with kernels ``(kernel_size, 1)``."""
+    2-D convolutions with kernels ``(kernel_size, 1)``. ``width_divisor`` as in :class:`DiscriminatorS`."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False) -> None:
+    def __init__(
+        self,
+        period: int,
+        kernel_size: int = 5,
+        stride: int = 3,
+        use_spectral_norm: bool = False,
+        width_divisor: int = 1,
+    ) -> None:
         super().__init__()
         self.period = period
         pad = (commons.get_padding(kernel_size, 1), 0)
-        channels = [1, 32, 128, 512, 1024, 1024]
+        channels = [_narrow(c, width_divisor) for c in (1, 32, 128, 512, 1024, 1024)]
         strides = [stride, stride, stride, stride, 1]
         self.convs = nn.ModuleList(
             _norm(nn.Conv2d(c_in, c_out, (kernel_size, 1), (s, 1), padding=pad), use_spectral_norm)
             for c_in, c_out, s in zip(channels[:-1], channels[1:], strides)
         )
-        self.conv_post = _norm(nn.Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)), use_spectral_norm)
+        self.conv_post = _norm(nn.Conv2d(channels[-1], 1, (3, 1), 1, padding=(1, 0)), use_spectral_norm)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``x [B, 1, N]`` → ``(score [B, n], feature maps (6 tensors))``."""
@@ -515,15 +532,22 @@ class DiscriminatorP(nn.Module):
 
 class MultiPeriodDiscriminatorV2(nn.Module):
     """RVC v2 discriminator: ``discriminators.0`` = :class:`DiscriminatorS`, ``discriminators.1..8``
-    = :class:`DiscriminatorP` with periods 2, 3, 5, 7, 11, 17, 23, 37 (v1 stops at 17)."""
+    = :class:`DiscriminatorP` with periods 2, 3, 5, 7, 11, 17, 23, 37 (v1 stops at 17).
+
+    ``periods`` and ``width_divisor`` are not in RVC; the defaults give RVC's discriminator.
+    """
 
     PERIODS: tuple[int, ...] = (2, 3, 5, 7, 11, 17, 23, 37)
 
-    def __init__(self, use_spectral_norm: bool = False, periods: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, use_spectral_norm: bool = False, periods: Sequence[int] | None = None, width_divisor: int = 1
+    ) -> None:
         super().__init__()
+        if width_divisor < 1:
+            raise ValueError(f"width_divisor must be >= 1, got {width_divisor}")
         periods = self.PERIODS if periods is None else tuple(periods)
-        discs: list[nn.Module] = [DiscriminatorS(use_spectral_norm=use_spectral_norm)]
-        discs += [DiscriminatorP(p, use_spectral_norm=use_spectral_norm) for p in periods]
+        discs: list[nn.Module] = [DiscriminatorS(use_spectral_norm=use_spectral_norm, width_divisor=width_divisor)]
+        discs += [DiscriminatorP(p, use_spectral_norm=use_spectral_norm, width_divisor=width_divisor) for p in periods]
         self.discriminators = nn.ModuleList(discs)
 
     def forward(
