@@ -320,6 +320,9 @@ def test_config_rvc_json_round_trip(tmp_path) -> None:
     assert raw["train"]["batch_size"] == 8 and raw["train"]["segment_size"] == 17280
     assert raw["data"]["sampling_rate"] == 48000 and raw["data"]["mel_fmax"] is None
     assert "spec_channels" not in raw["model"] and raw["model"]["use_spectral_norm"] is False
+    assert "disc_width_divisor" not in raw["model"]  # RVC's configs are written exactly as RVC's
+    tiny = get_config("tiny")
+    assert ModelConfig.from_rvc_dict(tiny.to_rvc_json()) == tiny  # keeps the narrow discriminator
 
 
 def test_config_reads_applio_json_and_names_missing_keys(tmp_path) -> None:

@@ -53,8 +53,8 @@ class ModelConfig:
 
     Field names follow RVC's JSON except ``sample_rate`` (RVC ``sampling_rate``), ``n_fft``
     (RVC ``filter_length``) and ``feature_dim`` (Applio ``text_enc_hidden_dim``; 768 for v2).
-    ``disc_width_divisor`` is ours (1 = RVC's discriminator; the ``tiny`` config narrows it) and is
-    not written to or read from RVC's JSON.
+    ``disc_width_divisor`` is ours (1 = RVC's discriminator; the ``tiny`` config narrows it); it is
+    written to the JSON's model section only when it is not 1.
     """
 
     # model section
@@ -264,6 +264,7 @@ class ModelConfig:
             c_mel=float(get("train", "c_mel", default=45.0)),
             c_kl=float(get("train", "c_kl", default=1.0)),
             feature_dim=int(get("model", "text_enc_hidden_dim", default=768)),
+            disc_width_divisor=int(get("model", "disc_width_divisor", default=1)),
         )
 
     def to_rvc_json(self, train_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -306,6 +307,8 @@ class ModelConfig:
             "gin_channels": self.gin_channels,
             "spk_embed_dim": self.spk_embed_dim,
         }
+        if self.disc_width_divisor != 1:
+            model["disc_width_divisor"] = self.disc_width_divisor  # ours; RVC never sees it
         return {"train": train, "data": data, "model": model}
 
 
