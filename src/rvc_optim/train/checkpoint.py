@@ -1,0 +1,216 @@
+"""Training checkpoints ``G_<step>.pth`` / ``D_<step>.pth``, readable by RVC's and Applio's tools.
+
+Each file is a dict with RVC's keys::
+
+    model          state dict with legacy weight-norm names (X.weight_g / X.weight_v); for optimizers
+                   with train/eval modes (schedule-free), the evaluation weights, which RVC's tools use
+    iteration      the epoch (1-based), as RVC stores it
+    optimizer      the optimizer's state_dict()
+    learning_rate  the initial learning rate (RVC stores hps.train.learning_rate, not the current one)
+
+and ours::
+
+    model_train       training-mode weights (only for optimizers with train/eval modes), so resuming
+                      never converts between the two points
+    optimizer_name    registry name; resuming with another optimizer is refused unless asked for
+    scaler            GradScaler state (fp16) or None        scheduler   LR scheduler state or None
+    step              optimizer steps taken (global)         data        epoch, finished batches, seed
+    rng               torch / CUDA / numpy / python RNG states, one entry per rank (G file only)
+    skipped_in_a_row  consecutive skipped steps so far       config      the model config (dict)
+    train_config      the training settings (dict)
+
+Everything is plain tensors, numbers, strings, lists and dicts, so ``torch.load(...,
+weights_only=True)`` reads it. Files are written atomically: a temp file in the same folder, fsync,
+``os.replace``, fsync of the folder; a crash mid-write leaves the previous file intact and no
+partial file under the final name (RVC writes in place).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from rvc_optim.train.weight_norm_keys import load_rvc_state_dict
+
+__all__ = [
+    "atomic_save",
+    "checkpoint_pairs",
+    "latest_checkpoint",
+    "resolve_resume",
+    "prune_checkpoints",
+    "load_checkpoint",
+    "load_pretrained",
+    "capture_rng",
+    "restore_rng",
+]
+
+_NAME = re.compile(r"^([GD])_(\d+)\.pth$")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: temp file in the same folder + fsync + ``os.replace``.
+
+    On any failure (including KeyboardInterrupt) the temp file is removed and an existing ``path``
+    is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), which is fine.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_pairs(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path, Path]]:
+    """``(step, G path, D path)`` for every step that has both files, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found: dict[int, dict[str, Path]] = {}
+    for p in run_dir.iterdir():
+        m = _NAME.match(p.name)
+        if m:
+            found.setdefault(int(m.group(2)), {})[m.group(1)] = p
+    return [(step, f["G"], f["D"]) for step, f in sorted(found.items()) if "G" in f and "D" in f]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[Path, Path] | None:
+    """The newest complete ``(G, D)`` pair in ``run_dir`` (by the step in the name), or None."""
+    pairs = checkpoint_pairs(run_dir)
+    return (pairs[-1][1], pairs[-1][2]) if pairs else None
+
+
+def resolve_resume(spec: str, run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``--resume`` value -> ``(G path, D path)``.
+
+    ``"latest"``: the newest pair in ``run_dir``. A path to ``G_<n>.pth`` or ``D_<n>.pth``: that
+    pair (the other file must be beside it). A folder: its newest pair.
+    """
+    if spec == "latest":
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise FileNotFoundError(f"--resume latest: no G_<step>.pth / D_<step>.pth pair in {run_dir}")
+        return found
+    p = Path(spec)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise FileNotFoundError(f"--resume {spec}: no G_<step>.pth / D_<step>.pth pair in that folder")
+        return found
+    m = _NAME.match(p.name)
+    if not m:
+        raise ValueError(f"--resume {spec}: expected 'latest', a run folder, or a G_<step>.pth / D_<step>.pth file")
+    g, d = p.with_name(f"G_{m.group(2)}.pth"), p.with_name(f"D_{m.group(2)}.pth")
+    for q in (g, d):
+        if not q.is_file():
+            raise FileNotFoundError(f"--resume {spec}: {q} does not exist (G and D are resumed together)")
+    return g, d
+
+
+def prune_checkpoints(run_dir: str | os.PathLike[str], keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` (G, D) pairs (``keep_last <= 0``: keep all).
+
+    Returns the deleted paths. Only files named exactly ``G_<n>.pth`` / ``D_<n>.pth`` are touched.
+    """
+    if keep_last <= 0:
+        return []
+    removed: list[Path] = []
+    for _, g, d in checkpoint_pairs(run_dir)[:-keep_last]:
+        for p in (g, d):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by this trainer or by RVC/Applio (tensors and plain data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not an RVC training checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load RVC-format pretrained weights (e.g. ``f0G40k.pth``): only the ``"model"`` entry, strictly.
+
+    Accepts legacy (``weight_g/weight_v``) or parametrized weight-norm names. Any missing or
+    unexpected key or shape mismatch raises ``ValueError`` naming the file (RVC's behaviour is a
+    strict load too).
+    """
+    ckpt = load_checkpoint(path)
+    try:
+        load_rvc_state_dict(model, ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"pretrained weights {path} do not fit this model (config mismatch?): {e}") from e
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG states as plain data (so weights_only loading works)
+# --------------------------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states of torch (CPU and every CUDA device), numpy and ``random``."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

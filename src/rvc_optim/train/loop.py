@@ -1,0 +1,696 @@
+"""The RVC v2 training loop: one readable loop, settings as plain data, every side effect in sight.
+
+:func:`train` does what RVC's ``infer/modules/train/train.py`` does per iteration (see the fact
+sheet, section 5), with any optimizer of the registry:
+
+1. generator forward under autocast: ``y_hat, ids_slice, ...``; ``y_mel`` = the full-utterance mel
+   of the cached linear spectrogram sliced with ``ids_slice``; ``y_hat_mel`` from ``y_hat`` in
+   float32; the real waveform sliced to the same segment;
+2. discriminator step: LSGAN loss on ``(wave, y_hat.detach())``, backward, ``scaler.unscale_``,
+   total grad norm (clipped with ``--grad-clip``), step;
+3. generator step: adversarial + feature matching + ``c_mel`` x mel L1 + ``c_kl`` x KL, backward
+   (into the generator only), unscale, norm, step; one ``scaler.update()`` per iteration;
+4. log / evaluate / checkpoint on their intervals (rank 0), LR schedulers once per epoch.
+
+What the optimizer needs beyond ``backward(); step()`` comes from its record's protocol through
+:class:`rvc_optim.driver.ProtocolDriver`: ``train()``/``eval()`` around evaluation and checkpoints,
+``backward_kwargs()`` (a kept graph for curvature refreshes), ``step()`` (the refreshes themselves),
+closures where required, an LR scheduler only where ``wants_lr_scheduler``. The loop never looks at
+an optimizer's name.
+
+Differences from RVC, and why:
+
+* ``y_mel`` is computed in float32 even under fp16 (RVC computes it under autocast in half); it is
+  data, not a model output.
+* Each rank draws its own random slices and noise (torch's global RNG seeded from ``(seed, rank)``
+  after the models are built from ``seed``); RVC seeds every rank identically.
+* The generator's backward reaches only the generator's parameters (``backward(inputs=...)``), and
+  the generator step runs the discriminator without its DDP wrapper: RVC also computes (and then
+  discards) discriminator gradients there.
+* A non-finite loss or gradient skips the step with a warning in every precision; ``max_skipped``
+  consecutive skips stop training (:class:`TrainingStopped`), leaving the last checkpoint intact.
+* Weight-norm weights of the discriminator are computed once per call for the real and the generated
+  waveform (``torch.nn.utils.parametrize.cached``) instead of twice; the numbers are the same.
+* Checkpoints are written every ``save_every`` optimizer steps (RVC: every N epochs) and hold the
+  position within the epoch, so ``--resume`` continues exactly, mid-epoch included (RVC repeats the
+  saved epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parametrize
+
+from rvc_optim.driver import ProtocolDriver
+from rvc_optim.registry import optimizer_info
+from rvc_optim.train import distributed
+from rvc_optim.train.checkpoint import (
+    atomic_save,
+    capture_rng,
+    load_checkpoint,
+    load_pretrained,
+    prune_checkpoints,
+    resolve_resume,
+    restore_rng,
+)
+from rvc_optim.train.config import ModelConfig, get_config
+from rvc_optim.train.data import collate, find_experiment, make_dataloader, mix_seed, read_filelist
+from rvc_optim.train.export import export_small_model
+from rvc_optim.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+from rvc_optim.train.mel import mel_spectrogram, spec_to_mel
+from rvc_optim.train.model import build_discriminator, build_generator, commons
+from rvc_optim.train.model.models import MultiPeriodDiscriminatorV2
+from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_scheduler
+from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "ResumeError", "train", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+_AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_LOG_KEYS = ("loss_d", "loss_g", "loss_gen", "loss_fm", "loss_mel", "loss_kl", "grad_norm_d", "grad_norm_g")
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (too many consecutive non-finite steps)."""
+
+
+class ResumeError(ValueError):
+    """A checkpoint cannot be resumed as asked (other optimizer, other data, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs, as plain data (the CLI fills it from its flags).
+
+    ``steps`` or ``epochs`` sets the run length (``steps`` wins; both None: 20 epochs). ``lr``,
+    ``betas``, ``eps`` of None keep each optimizer's recommended values. ``optimizer_d`` None: the
+    generator's optimizer; ``optim_args_d`` None: ``optim_args`` when the two optimizers are the
+    same, else nothing. Intervals of 0 turn the action off (the final checkpoint and export are
+    always written). ``d_periods`` None is RVC's discriminator (periods 2..37); a shorter tuple
+    (``()`` = the scale discriminator only) is for smoke runs on a CPU.
+    """
+
+    data: str
+    run_dir: str
+    model_config: str | None = None
+    optimizer: str = "AdamW"
+    optimizer_d: str | None = None
+    optim_args: dict[str, Any] = field(default_factory=dict)
+    optim_args_d: dict[str, Any] | None = None
+    lr: float | None = None
+    betas: tuple[float, ...] | None = None
+    eps: float | None = None
+    lr_decay: float = RVC_LR_DECAY
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 4
+    seed: int = 1234
+    num_workers: int = 0
+    log_every: int = 50
+    eval_every: int = 500
+    save_every: int = 1000
+    keep_last: int = 2
+    resume: str | None = None
+    reset_optimizer: bool = False
+    pretrained_g: str | None = None
+    pretrained_d: str | None = None
+    precision: str = "fp32"
+    grad_clip: float | None = None
+    max_skipped: int = 20
+    device: str | None = None
+    export_name: str | None = None
+    d_periods: tuple[int, ...] | None = None
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("steps", "epochs"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.max_skipped < 1:
+            raise ValueError(f"max_skipped must be >= 1, got {self.max_skipped}")
+        for name in ("log_every", "eval_every", "save_every", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    run_dir: Path
+    checkpoint: Path | None
+    export: Path | None
+    history: list[dict[str, float]]
+    skipped_steps: int
+    seconds_per_step: float
+
+    def loss_summary(self, key: str = "loss_mel") -> tuple[float, float]:
+        """Average of ``key`` over the first and the last tenth of the logged windows."""
+        values = [row[key] for row in self.history if key in row]
+        if not values:
+            return math.nan, math.nan
+        k = max(1, len(values) // 10)
+        return float(np.mean(values[:k])), float(np.mean(values[-k:]))
+
+
+class GenOut(NamedTuple):
+    y_hat: torch.Tensor
+    ids_slice: torch.Tensor
+    z_mask: torch.Tensor
+    stats: tuple[torch.Tensor, ...]  # (z, z_p, m_p, logs_p, m_q, logs_q)
+    y_mel: torch.Tensor
+    y_hat_mel: torch.Tensor
+    wave: torch.Tensor  # the real waveform, sliced like y_hat
+
+
+# --------------------------------------------------------------------------------------------------
+# The pieces of one iteration (also used by closures, which must re-evaluate them)
+# --------------------------------------------------------------------------------------------------
+
+
+def generator_forward(net_g: nn.Module, batch: Sequence[torch.Tensor], cfg: ModelConfig, amp) -> GenOut:
+    """RVC steps 1-3: generator forward, the two mels, the real waveform sliced to the segment."""
+    phone, phone_lengths, pitch, pitchf, spec, spec_lengths, wave, _wave_lengths, sid = batch
+    with amp():
+        y_hat, ids_slice, _x_mask, z_mask, stats = net_g(phone, phone_lengths, pitch, pitchf, spec, spec_lengths, sid)
+    mel = spec_to_mel(spec.float(), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate, cfg.mel_fmin, cfg.mel_fmax)
+    y_mel = commons.slice_segments(mel, ids_slice, cfg.segment_frames)
+    y_hat_mel = mel_spectrogram(
+        y_hat.float().squeeze(1), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
+        cfg.hop_length, cfg.win_length, cfg.mel_fmin, cfg.mel_fmax,
+    )
+    wave = commons.slice_segments(wave, ids_slice * cfg.hop_length, cfg.segment_size)
+    return GenOut(y_hat, ids_slice, z_mask, tuple(stats), y_mel, y_hat_mel, wave)
+
+
+def discriminator_pass(net_d: nn.Module, wave: torch.Tensor, y_hat: torch.Tensor, amp):
+    """``net_d(wave, y_hat)`` with each weight-normed weight computed once for both inputs."""
+    with amp(), parametrize.cached():
+        return net_d(wave, y_hat)
+
+
+def generator_losses(d_module: nn.Module, out: GenOut, cfg: ModelConfig, amp) -> dict[str, torch.Tensor]:
+    """RVC's generator objective: ``loss_gen + loss_fm + c_mel * L1(mel) + c_kl * KL`` (float32)."""
+    _, y_d_hat_g, fmap_r, fmap_g = discriminator_pass(d_module, out.wave, out.y_hat, amp)
+    z, z_p, m_p, logs_p, m_q, logs_q = out.stats
+    loss_mel = F.l1_loss(out.y_mel, out.y_hat_mel) * cfg.c_mel
+    loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask) * cfg.c_kl
+    loss_fm = feature_loss(fmap_r, fmap_g)
+    loss_gen, _ = generator_loss(y_d_hat_g)
+    total = loss_gen + loss_fm + loss_mel + loss_kl
+    return {"loss_g": total, "loss_gen": loss_gen, "loss_fm": loss_fm, "loss_mel": loss_mel, "loss_kl": loss_kl}
+
+
+def grad_norm(params: Sequence[torch.Tensor], clip: float | None) -> torch.Tensor:
+    """Total L2 norm of the gradients as a device tensor (no host sync); clips to ``clip`` if given."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if clip is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
+    return norm
+
+
+@contextlib.contextmanager
+def evaluation_weights(pairs: Sequence[tuple[nn.Module, ProtocolDriver]]) -> Iterator[dict[int, dict]]:
+    """Inside: every optimizer in eval mode (schedule-free: parameters at the averaged point x).
+
+    After: train mode again, with the training-mode parameters restored exactly from a copy taken
+    before (``eval(); train()`` is a round trip only up to rounding, which would make a run that
+    saves differ from one that does not). Yields ``{id(module): training-mode state dict}`` for the
+    modules whose optimizer has train/eval modes (the checkpoint stores it as ``model_train``).
+    Optimizers without train/eval modes cost nothing here.
+    """
+    saved: dict[int, dict] = {}
+    for module, driver in pairs:
+        if driver.protocol.train_eval:
+            saved[id(module)] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for _, driver in pairs:
+        driver.eval()
+    try:
+        yield saved
+    finally:
+        for module, driver in pairs:
+            driver.train()
+            if id(module) in saved:
+                module.load_state_dict(saved[id(module)])
+
+
+def _mel_image(mel: torch.Tensor) -> torch.Tensor:
+    """``[n_mels, T]`` log-mel -> ``[1, n_mels, T]`` in [0, 1], low frequencies at the bottom."""
+    m = mel.detach().float().cpu()
+    m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-5)
+    return m.flip(0).unsqueeze(0)
+
+
+def _resolve_device(spec: str | None, info: distributed.DistInfo) -> torch.device:
+    if spec is None:
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
+    return device
+
+
+def _model_config(tc: TrainConfig, exp_config: Path | None) -> ModelConfig:
+    if tc.model_config is not None:
+        return get_config(tc.model_config)
+    if exp_config is None:
+        raise ValueError(f"{tc.data} has no config.json: pass --config tiny|32k|40k|48k")
+    return ModelConfig.from_rvc_json(exp_config)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def train(tc: TrainConfig) -> TrainResult:
+    """Train a generator/discriminator pair as configured by ``tc``; see the module docstring."""
+    info = distributed.env_dist_info()
+    device = _resolve_device(tc.device, info)
+    owns_group = info.enabled and not torch.distributed.is_initialized()
+    info = distributed.setup(device, info)
+    try:
+        return _train(tc, info, device)
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) -> TrainResult:
+    main = info.is_main
+    run_dir = Path(tc.run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- data and model config
+    exp = find_experiment(tc.data)
+    cfg = _model_config(tc, exp.config)
+    rows = read_filelist(exp.filelist, layout=exp.layout)
+
+    # ---- what to resume from (read before anything is built: it decides epoch, position, weights)
+    rec_g = optimizer_info(tc.optimizer)
+    rec_d = optimizer_info(tc.optimizer_d or tc.optimizer)
+    ck_g = ck_d = None
+    g_path: Path | None = None
+    if tc.resume:
+        g_path, d_path = resolve_resume(tc.resume, run_dir)
+        ck_g, ck_d = load_checkpoint(g_path), load_checkpoint(d_path)
+        for ck, rec, which in ((ck_g, rec_g, "generator"), (ck_d, rec_d, "discriminator")):
+            saved = ck.get("optimizer_name", "AdamW")  # RVC's own checkpoints hold AdamW state
+            if saved != rec.name and not tc.reset_optimizer:
+                raise ResumeError(
+                    f"{g_path if which == 'generator' else d_path} was trained with {saved} for the "
+                    f"{which}, but this run asks for {rec.name}. Pass --optimizer{'-d' if which == 'discriminator' else ''} "
+                    f"{saved} to continue it, or --reset-optimizer to start {rec.name} with fresh state "
+                    "from these weights."
+                )
+
+    # ---- models (built from `seed` on every rank; DDP broadcasts rank 0's anyway)
+    _seed_everything(tc.seed)
+    net_g = build_generator(cfg)
+    net_d = build_discriminator(cfg) if tc.d_periods is None else MultiPeriodDiscriminatorV2(periods=tc.d_periods)
+    if ck_g is not None:
+        # Training-mode weights where the optimizer has train/eval modes, unless it is being replaced.
+        fresh = tc.reset_optimizer
+        load_rvc_state_dict(net_g, ck_g["model"] if fresh or "model_train" not in ck_g else ck_g["model_train"])
+        load_rvc_state_dict(net_d, ck_d["model"] if fresh or "model_train" not in ck_d else ck_d["model_train"])
+    else:
+        if tc.pretrained_g:
+            load_pretrained(net_g, tc.pretrained_g)
+        if tc.pretrained_d:
+            load_pretrained(net_d, tc.pretrained_d)
+    net_g.to(device)
+    net_d.to(device)
+
+    # ---- position: epoch (1-based, RVC's "iteration"), batches finished in it, optimizer steps
+    epoch, finished, step, skipped_in_a_row = 1, 0, 0, 0
+    if ck_g is not None:
+        epoch = int(ck_g["iteration"])
+        data_state = ck_g.get("data")
+        finished = int(data_state["finished_batches"]) if data_state else 0
+        skipped_in_a_row = int(ck_g.get("skipped_in_a_row", 0))
+    loader = make_dataloader(
+        rows, cfg, tc.batch_size, tc.seed, epoch, tc.num_workers, info.rank, info.world_size, finished,
+        pin_memory=device.type == "cuda",
+    )
+    sampler = loader.batch_sampler
+    batches_per_epoch = sampler.batches_per_epoch
+    if ck_g is not None:
+        data_state = ck_g.get("data")
+        if data_state and int(data_state["batches_per_epoch"]) != batches_per_epoch:
+            raise ResumeError(
+                f"the checkpoint saw {data_state['batches_per_epoch']} batches per epoch, this run makes "
+                f"{batches_per_epoch}: data, --batch-size or the number of processes changed"
+            )
+        step = int(ck_g["step"]) if "step" in ck_g else (epoch - 1) * batches_per_epoch
+    total_steps = tc.steps if tc.steps is not None else (tc.epochs or 20) * batches_per_epoch
+
+    # ---- optimizers from the registry, schedulers only where the protocol wants one
+    args_d = tc.optim_args_d if tc.optim_args_d is not None else (
+        tc.optim_args if rec_d.name == rec_g.name else {}
+    )
+    opt_g, drv_g = build_optimizer(
+        rec_g.name, net_g, total_steps, lr=tc.lr, betas=tc.betas, eps=tc.eps, extra=tc.optim_args, who="generator",
+    )
+    opt_d, drv_d = build_optimizer(
+        rec_d.name, net_d, total_steps, lr=tc.lr, betas=tc.betas, eps=tc.eps, extra=args_d,
+        who="discriminator", flag="--optim-arg-d",
+    )
+    initial_lr_g = float(opt_g.param_groups[0].get("lr", 0.0))
+    initial_lr_d = float(opt_d.param_groups[0].get("lr", 0.0))
+    sched_g = build_scheduler(opt_g, drv_g, tc.lr_decay)
+    sched_d = build_scheduler(opt_d, drv_d, tc.lr_decay)
+    use_scaler = tc.precision == "fp16"
+    for drv in (drv_g, drv_d):
+        if drv.protocol.needs_closure and use_scaler:
+            raise ValueError(
+                f"{drv.info.name} needs a closure for step(), which GradScaler does not support: "
+                "use --precision bf16 or fp32"
+            )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    if ck_g is not None:
+        if not tc.reset_optimizer:
+            opt_g.load_state_dict(ck_g["optimizer"])
+            opt_d.load_state_dict(ck_d["optimizer"])
+            for sched, ck in ((sched_g, ck_g), (sched_d, ck_d)):
+                if sched is not None and ck.get("scheduler") is not None:
+                    sched.load_state_dict(ck["scheduler"])
+            drv_g.steps_taken = int(ck_g.get("driver_steps", step))
+            drv_d.steps_taken = int(ck_d.get("driver_steps", step))
+        if use_scaler and ck_g.get("scaler"):
+            scaler.load_state_dict(ck_g["scaler"])
+    amp_dtype = _AMP_DTYPES[tc.precision]
+
+    def amp():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    # ---- RNG for the model's own draws (slices, posterior noise, sine phases): per rank
+    saved_rng = ck_g.get("rng") if ck_g is not None else None
+    if saved_rng is not None and len(saved_rng) == info.world_size:
+        restore_rng(saved_rng[info.rank])
+    else:
+        if saved_rng is not None and main:
+            warnings.warn(
+                f"the checkpoint holds RNG states of {len(saved_rng)} processes, this run has "
+                f"{info.world_size}: random draws are re-seeded, so the run continues, but not exactly",
+                RuntimeWarning,
+            )
+        _seed_everything(mix_seed(tc.seed, info.rank, step))
+
+    # ---- DDP (after the weights are loaded; the optimizers hold the same parameters)
+    ddp_g = distributed.wrap(net_g, device, info)
+    ddp_d = distributed.wrap(net_d, device, info)
+    g_params = [p for p in net_g.parameters() if p.requires_grad]
+    d_params = [p for p in net_d.parameters() if p.requires_grad]
+    pairs = [(net_g, drv_g), (net_d, drv_d)]
+    fork_devices = [device] if device.type == "cuda" else []
+
+    # ---- logging (rank 0)
+    writer = csv_file = csv_writer = None
+    if main:
+        _write_json(run_dir / "config.json", cfg.to_rvc_json({"batch_size": tc.batch_size, "seed": tc.seed}))
+        if tc.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if step else None)
+        csv_path = run_dir / "train_log.csv"
+        new_csv = not csv_path.exists() or step == 0
+        csv_file = open(csv_path, "w" if new_csv else "a", newline="", encoding="utf-8")
+        csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "epoch", "lr_g", "lr_d", *_LOG_KEYS, "skipped", "sec_per_step"])
+        if new_csv:
+            csv_writer.writeheader()
+    val_batch = [t.to(device) for t in collate([loader.dataset[0]])]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not (main and tc.progress), unit="step", dynamic_ncols=True)
+
+    def save_checkpoint() -> Path | None:
+        rng = distributed.gather_objects(capture_rng(), info)  # every rank takes part
+        if not main:
+            return None
+        opt_sd_g, opt_sd_d = opt_g.state_dict(), opt_d.state_dict()  # in training mode, with model_train
+        common = {
+            "iteration": epoch,
+            "step": step,
+            "data": {"epoch": epoch, "finished_batches": finished, "seed": tc.seed, "batches_per_epoch": batches_per_epoch},
+            "skipped_in_a_row": skipped_in_a_row,
+            "scaler": scaler.state_dict() if use_scaler else None,
+            "config": cfg.to_dict(),
+            "train_config": _plain(asdict(tc)),
+        }
+        with evaluation_weights(pairs) as train_sds:
+            for net, opt_sd, drv, sched, lr0, prefix in (
+                (net_g, opt_sd_g, drv_g, sched_g, initial_lr_g, "G"),
+                (net_d, opt_sd_d, drv_d, sched_d, initial_lr_d, "D"),
+            ):
+                ckpt = {
+                    "model": to_legacy_state_dict(net.state_dict()),
+                    "optimizer": opt_sd,
+                    "learning_rate": lr0,
+                    "optimizer_name": drv.info.name,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "driver_steps": drv.steps_taken,
+                    **common,
+                }
+                if id(net) in train_sds:
+                    ckpt["model_train"] = to_legacy_state_dict(train_sds[id(net)])
+                if prefix == "G":
+                    ckpt["rng"] = rng
+                path = atomic_save(ckpt, run_dir / f"{prefix}_{step}.pth")
+        prune_checkpoints(run_dir, tc.keep_last)
+        return run_dir / f"G_{step}.pth"
+
+    def evaluate() -> None:
+        with torch.no_grad(), evaluation_weights(pairs), torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(tc.seed)  # the same prior sample every time
+            net_g.eval()
+            phone, phone_lengths, pitch, pitchf, spec, *_rest, sid = val_batch
+            o = net_g.infer(phone, phone_lengths, pitch, pitchf, sid)[0]
+            gen = mel_spectrogram(o.float().squeeze(1), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
+                                  cfg.hop_length, cfg.win_length, cfg.mel_fmin, cfg.mel_fmax)[0]
+            ref = spec_to_mel(spec.float(), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate, cfg.mel_fmin, cfg.mel_fmax)[0]
+            n = min(gen.shape[-1], ref.shape[-1])
+            val_l1 = F.l1_loss(gen[:, :n], ref[:, :n]).item()
+            net_g.train()
+        if writer is not None:
+            writer.add_scalar("val/mel_l1", val_l1, step)
+            writer.add_image("val/mel_generated", _mel_image(gen), step, dataformats="CHW")
+            writer.add_image("val/mel_reference", _mel_image(ref), step, dataformats="CHW")
+        bar.write(f"step {step}: validation mel L1 {val_l1:.4f}")
+
+    # ---- training
+    history: list[dict[str, float]] = []
+    sums = {k: torch.zeros((), device=device) for k in _LOG_KEYS}
+    n_logged = skipped_total = 0
+    window_start = time.perf_counter()
+    run_start, run_start_step = window_start, step
+    last_ckpt: Path | None = g_path
+    last_saved_step = step if ck_g is not None else -1
+    net_g.train()
+    net_d.train()
+    drv_g.train()
+    drv_d.train()
+    try:
+        while step < total_steps:
+            sampler.set_epoch(epoch)  # same epoch as the loader was built for: keeps the position
+            loader.generator.manual_seed(mix_seed(tc.seed, epoch))
+            for batch in loader:
+                batch = [t.to(device, non_blocking=True) for t in batch]
+                rng_at_forward = torch.get_rng_state()  # for closures, which re-run the forward
+
+                # 1. generator forward
+                out = generator_forward(ddp_g, batch, cfg, amp)
+
+                # 2. discriminator step
+                y_d_hat_r, y_d_hat_g, _, _ = discriminator_pass(ddp_d, out.wave, out.y_hat.detach(), amp)
+                loss_d, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
+                opt_d.zero_grad(set_to_none=True)
+                scaler.scale(loss_d).backward(**drv_d.backward_kwargs())
+                scaler.unscale_(opt_d)
+                norm_d = grad_norm(d_params, tc.grad_clip)
+                ok_d = _all_finite(loss_d, norm_d, info)  # one host sync
+                if ok_d:
+                    def closure_d() -> torch.Tensor:
+                        opt_d.zero_grad(set_to_none=True)
+                        r, g, _, _ = discriminator_pass(ddp_d, out.wave, out.y_hat.detach(), amp)
+                        loss = discriminator_loss(r, g)[0]
+                        loss.backward()
+                        grad_norm(d_params, tc.grad_clip)
+                        return loss
+
+                    _step(drv_d, opt_d, scaler, closure_d)
+
+                # 3. generator step (the discriminator without its DDP wrapper: no D gradients wanted)
+                losses_g = generator_losses(net_d, out, cfg, amp)
+                opt_g.zero_grad(set_to_none=True)
+                scaler.scale(losses_g["loss_g"]).backward(inputs=g_params, **drv_g.backward_kwargs())
+                scaler.unscale_(opt_g)
+                norm_g = grad_norm(g_params, tc.grad_clip)
+                ok_g = _all_finite(losses_g["loss_g"], norm_g, info)
+                if ok_g:
+                    def closure_g() -> torch.Tensor:
+                        opt_g.zero_grad(set_to_none=True)
+                        with torch.random.fork_rng(devices=fork_devices):
+                            torch.set_rng_state(rng_at_forward)
+                            again = generator_forward(ddp_g, batch, cfg, amp)
+                        loss = generator_losses(net_d, again, cfg, amp)["loss_g"]
+                        loss.backward(inputs=g_params)
+                        grad_norm(g_params, tc.grad_clip)
+                        return loss
+
+                    _step(drv_g, opt_g, scaler, closure_g)
+                scaler.update()
+                step += 1
+                finished += 1
+                bar.update(1)
+
+                # skipped steps: warn, count, stop after max_skipped in a row
+                if ok_d and ok_g:
+                    skipped_in_a_row = 0
+                    for k, v in (("loss_d", loss_d), ("grad_norm_d", norm_d), ("grad_norm_g", norm_g), *losses_g.items()):
+                        sums[k] += v.detach().float()
+                    n_logged += 1
+                else:
+                    skipped_in_a_row += 1
+                    skipped_total += 1
+                    which = " and ".join(n for n, ok in (("discriminator", ok_d), ("generator", ok_g)) if not ok)
+                    if main:
+                        warnings.warn(
+                            f"step {step}: non-finite loss or gradient in the {which}; step skipped "
+                            f"({skipped_in_a_row} in a row, stopping at {tc.max_skipped})",
+                            RuntimeWarning,
+                        )
+                    if skipped_in_a_row >= tc.max_skipped:
+                        raise TrainingStopped(
+                            f"training stopped at step {step}: {skipped_in_a_row} consecutive steps had a "
+                            f"non-finite loss or gradient. The last checkpoint ({_describe(last_ckpt, run_dir)}) is "
+                            "intact. Try a lower --lr, --grad-clip 1.0, or --precision fp32."
+                        )
+
+                # 4. log, evaluate, save
+                if main and tc.log_every and (step % tc.log_every == 0 or step == total_steps) and n_logged:
+                    now = time.perf_counter()
+                    values = torch.stack([sums[k] for k in _LOG_KEYS]).div(n_logged).tolist()  # the log's sync
+                    row = {"step": step, "epoch": epoch, "lr_g": opt_g.param_groups[0].get("lr", 0.0),
+                           "lr_d": opt_d.param_groups[0].get("lr", 0.0), **dict(zip(_LOG_KEYS, values)),
+                           "skipped": skipped_total, "sec_per_step": (now - window_start) / max(1, n_logged)}
+                    history.append(row)
+                    csv_writer.writerow(row)
+                    csv_file.flush()
+                    if writer is not None:
+                        for k in ("lr_g", "lr_d", *_LOG_KEYS, "sec_per_step"):
+                            writer.add_scalar(f"train/{k}", row[k], step)
+                        if use_scaler:
+                            writer.add_scalar("train/grad_scale", scaler.get_scale(), step)
+                    bar.set_postfix(loss_g=f"{row['loss_g']:.3f}", mel=f"{row['loss_mel']:.3f}",
+                                    loss_d=f"{row['loss_d']:.3f}", s_step=f"{row['sec_per_step']:.2f}")
+                    sums = {k: torch.zeros((), device=device) for k in _LOG_KEYS}
+                    n_logged, window_start = 0, now
+                if main and tc.eval_every and step % tc.eval_every == 0:
+                    evaluate()
+                if tc.save_every and step % tc.save_every == 0:
+                    last_ckpt = save_checkpoint() or last_ckpt
+                    last_saved_step = step
+                if step >= total_steps:
+                    break
+            if finished >= batches_per_epoch:  # end of the epoch: RVC's schedulers step once per epoch
+                for sched in (sched_g, sched_d):
+                    if sched is not None:
+                        sched.step()
+                epoch += 1
+                finished = 0
+
+        # ---- the end: a final checkpoint (unless just written) and the small model for inference
+        if last_saved_step != step:
+            last_ckpt = save_checkpoint() or last_ckpt
+        export_path = None
+        if main:
+            export_path = run_dir / f"{tc.export_name or run_dir.name}.pth"
+            with evaluation_weights(pairs):
+                export_small_model(net_g, cfg, export_path, epoch)
+        distributed.barrier(info)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if csv_file is not None:
+            csv_file.close()
+    elapsed = time.perf_counter() - run_start
+    return TrainResult(
+        step=step, epoch=epoch, run_dir=run_dir, checkpoint=last_ckpt, export=export_path, history=history,
+        skipped_steps=skipped_total, seconds_per_step=elapsed / max(1, step - run_start_step),
+    )
+
+
+def _step(driver: ProtocolDriver, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, closure) -> None:
+    """One optimizer step through the protocol driver: with a closure where the optimizer needs one,
+    through the GradScaler under fp16 (it skips the step itself if it found inf/NaN)."""
+    if driver.protocol.needs_closure:
+        driver.step(closure=closure)
+    elif scaler.is_enabled():
+        driver.step(step_fn=lambda: scaler.step(optimizer))
+    else:
+        driver.step()
+
+
+def _all_finite(loss: torch.Tensor, norm: torch.Tensor, info: distributed.DistInfo) -> bool:
+    """Whether the loss and total grad norm are finite, on every rank (so all ranks skip together)."""
+    ok = (torch.isfinite(loss.detach()) & torch.isfinite(norm.to(loss.device))).to(torch.int32)
+    if info.enabled:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _describe(path: Path | None, run_dir: Path) -> str:
+    return str(path) if path is not None else f"none written yet in {run_dir}"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, and nothing but plain data (for weights_only loading)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=4, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,180 @@
+"""Optimizers and LR schedulers for the trainer, built from the registry by name.
+
+Nothing here branches on an optimizer's name: every decision comes from the optimizer's record
+(:func:`rvc_optim.optimizer_info`) and its class signature.
+
+* Settings start from the record's ``recommended`` values (RVC's ``lr=1e-4, betas=(0.8, 0.99),
+  eps=1e-9`` are AdamW's recommendation, not forced on others); ``--lr``, ``--betas``, ``--eps``
+  override them where given, and ``--optim-arg key=value`` adds anything else the class takes.
+* ``num_iterations`` (total optimizer steps) is always passed; the registry translates it for
+  optimizers that need the run length and ignores it for the rest.
+* The generator or discriminator module itself goes to ``create_optimizer``, so optimizers that
+  route parameters by name or role (``protocol.param_routing``) get them, and the rest get the
+  registry's decay / no-decay split.
+* RVC's ``ExponentialLR(gamma=0.999875)`` per epoch is made only where
+  ``protocol.wants_lr_scheduler`` (an ordinary step-size lr and no schedule of its own).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import warnings
+from typing import Any, Iterable, Mapping
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ExponentialLR
+
+from rvc_optim.capabilities import constructor_parameters
+from rvc_optim.driver import ProtocolDriver
+from rvc_optim.records import OptimizerInfo
+from rvc_optim.registry import RUN_LENGTH_KWARG, create_optimizer, optimizer_info
+
+__all__ = [
+    "RVC_LR_DECAY",
+    "OptimArgError",
+    "parse_value",
+    "parse_optim_args",
+    "check_optim_args",
+    "optimizer_settings",
+    "build_optimizer",
+    "build_scheduler",
+]
+
+#: RVC's ``train.lr_decay``: ExponentialLR's gamma, stepped once per epoch.
+RVC_LR_DECAY = 0.999875
+
+# Arguments the trainer sets itself; an --optim-arg naming one of them is refused.
+_RESERVED = (RUN_LENGTH_KWARG,)
+
+
+class OptimArgError(ValueError):
+    """A bad ``--optim-arg`` (syntax, unknown name, or a name the trainer sets itself)."""
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal (``3``, ``1e-3``, ``True``, ``(0.9, 0.99)``, ``None``, ``'x'``) or else the
+    string itself. ``true``/``false``/``none`` in lower case are read as ``True``/``False``/``None``
+    (shells and YAML habits), not as strings."""
+    stripped = text.strip()
+    lowered = {"true": True, "false": False, "none": None, "null": None}
+    if stripped.lower() in lowered:
+        return lowered[stripped.lower()]
+    try:
+        return ast.literal_eval(stripped)
+    except (ValueError, SyntaxError):
+        return stripped
+
+
+def parse_optim_args(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["warmup_steps=100", "betas=(0.9,0.99)"]`` -> ``{"warmup_steps": 100, "betas": (0.9, 0.99)}``.
+
+    Raises :class:`OptimArgError` for an item without ``=``, an empty name, or a name given twice.
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise OptimArgError(f"--optim-arg expects key=value, got {item!r}")
+        if key in out:
+            raise OptimArgError(f"--optim-arg {key} given twice")
+        out[key] = parse_value(value)
+    return out
+
+
+def check_optim_args(record: OptimizerInfo, kwargs: Mapping[str, Any], flag: str = "--optim-arg") -> None:
+    """Every key in ``kwargs`` must be a constructor parameter of ``record``'s class.
+
+    An unknown key raises :class:`OptimArgError` with the closest names (difflib) and the full list.
+    ``num_iterations`` is refused: the trainer passes the run length itself.
+    """
+    accepted = constructor_parameters(record.cls)
+    for key in kwargs:
+        if key in _RESERVED:
+            raise OptimArgError(
+                f"{flag} {key}: the trainer sets {key} itself (from --steps/--epochs); leave it out"
+            )
+        if key not in accepted:
+            close = difflib.get_close_matches(key, list(accepted), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise OptimArgError(
+                f"{flag} {key}: {record.name} has no argument {key!r}.{hint} "
+                f"It accepts: {', '.join(accepted)}"
+            )
+
+
+def optimizer_settings(
+    record: OptimizerInfo,
+    *,
+    lr: float | None = None,
+    betas: tuple[float, ...] | None = None,
+    eps: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+    who: str = "optimizer",
+) -> dict[str, Any]:
+    """The keyword arguments for ``create_optimizer`` beyond the record's recommendation.
+
+    Only what the user gave is returned (the registry fills in the rest from ``recommended``).
+    An ``lr`` outside [0.1, 10] for an optimizer whose ``lr_role`` is ``"multiplier"`` gets a
+    warning saying what lr means there; an ``lr`` for one that takes none gets a warning too.
+    """
+    settings: dict[str, Any] = {}
+    if lr is not None:
+        role = record.protocol.lr_role
+        if role == "multiplier" and not 0.1 <= lr <= 10.0:
+            warnings.warn(
+                f"{who} {record.name}: lr={lr:g} is far from 1. For {record.name}, lr multiplies the "
+                f"step size it estimates itself (1.0 = as estimated; the recommendation is "
+                f"{record.recommended.get('lr', 1.0)!r}); an AdamW-style lr such as 1e-4 makes it "
+                "10,000 times too small.",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif role == "none":
+            warnings.warn(
+                f"{who} {record.name} takes no learning rate; lr={lr:g} is ignored", UserWarning, stacklevel=2
+            )
+        settings["lr"] = lr
+    if betas is not None:
+        settings["betas"] = tuple(betas)
+    if eps is not None:
+        settings["eps"] = eps
+    for key, value in (extra or {}).items():
+        settings[key] = value
+    return settings
+
+
+def build_optimizer(
+    name: str,
+    module: nn.Module,
+    num_iterations: int,
+    *,
+    lr: float | None = None,
+    betas: tuple[float, ...] | None = None,
+    eps: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+    who: str = "optimizer",
+    flag: str = "--optim-arg",
+) -> tuple[Optimizer, ProtocolDriver]:
+    """``create_optimizer(name, module, num_iterations=..., **settings)`` and its protocol driver.
+
+    ``module`` is the plain module (not a DDP wrapper), so parameter names carry no ``module.``
+    prefix. ``extra`` is checked against the class's constructor first (clear error, suggestions).
+    """
+    record = optimizer_info(name)
+    extra = dict(extra or {})
+    check_optim_args(record, extra, flag)
+    settings = optimizer_settings(record, lr=lr, betas=betas, eps=eps, extra=extra, who=who)
+    optimizer = create_optimizer(record.name, module, num_iterations=num_iterations, **settings)
+    return optimizer, ProtocolDriver(optimizer, record)
+
+
+def build_scheduler(
+    optimizer: Optimizer, driver: ProtocolDriver, gamma: float = RVC_LR_DECAY
+) -> ExponentialLR | None:
+    """RVC's per-epoch ``ExponentialLR(gamma)`` where the protocol wants an LR scheduler, else None."""
+    if not driver.wants_lr_scheduler:
+        return None
+    return ExponentialLR(optimizer, gamma=gamma)
