@@ -3,6 +3,7 @@ forward passes of the tiny config (shapes, finiteness, gradients, flow invertibi
 
 from __future__ import annotations
 
+import io
 import json
 from importlib import resources
 
@@ -12,7 +13,7 @@ import torch
 from rvc_optim.train.config import ModelConfig, get_config
 from rvc_optim.train.model import build_discriminator, build_generator, commons
 from rvc_optim.train.model.attentions import MultiHeadAttention, _absolute_to_relative, _relative_to_absolute
-from rvc_optim.train.model.models import SynthesizerTrnMs768NSFsid
+from rvc_optim.train.model.models import SineGen, SynthesizerTrnMs768NSFsid
 from rvc_optim.train.weight_norm_keys import from_legacy_state_dict, load_rvc_state_dict, to_legacy_state_dict
 
 SHAPES = json.loads(resources.files("rvc_optim").joinpath("data/rvc_v2_shapes.json").read_text())["models"]
@@ -137,7 +138,7 @@ def test_tiny_infer(tiny_cfg, tiny_generator) -> None:
 
 def test_flow_reverse_inverts_forward(tiny_cfg) -> None:
     g = build_generator(tiny_cfg)
-    _randomise(g.flow)
+    _randomise(g.flow)  # a fresh flow is the identity (zero-initialised `post`)
     x = torch.randn(2, tiny_cfg.inter_channels, 20)
     mask = commons.sequence_mask(torch.tensor([20, 13]), 20).unsqueeze(1).float()
     x = x * mask
@@ -172,9 +173,6 @@ def test_legacy_state_dict_loads_strictly_and_gives_identical_outputs(tiny_cfg) 
     assert any(k.endswith(".weight_g") for k in legacy) and not any("parametrizations" in k for k in legacy)
     # What RVC's pretrained f0G40k.pth holds under "model"; round-trip through torch.save like a file.
     ckpt = {"model": legacy, "iteration": 1, "optimizer": None, "learning_rate": 1e-4}
-
-    import io
-
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     buf.seek(0)
@@ -277,8 +275,6 @@ def test_slice_segments_and_rand_slice() -> None:
 
 
 def test_sine_source_is_continuous_and_follows_f0() -> None:
-    from rvc_optim.train.model.models import SineGen
-
     sr, upp = 16000, 160
     f0 = torch.full((1, 10), 200.0)
     f0[0, 5] = 230.0  # phase must stay continuous across a change of f0
