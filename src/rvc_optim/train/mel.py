@@ -8,8 +8,10 @@
 * :func:`mel_spectrogram`: the two together.
 
 Difference from RVC: the filterbank is computed here with numpy (:func:`mel_filterbank`, the same
-arithmetic as librosa) so librosa is not a runtime dependency. Windows and filterbanks are cached
-per (parameters, dtype, device) like RVC's module-level dicts.
+arithmetic as librosa) so librosa is not a runtime dependency; ``spectrogram_torch`` has no
+``sampling_rate`` argument (RVC's ignores it). Windows and filterbanks are cached per (all
+parameters, dtype, device); RVC keys its filterbank cache on fmax, dtype and device only, so two
+configs with the same fmax in one process would share a filterbank there.
 """
 
 from __future__ import annotations

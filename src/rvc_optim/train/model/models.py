@@ -211,8 +211,8 @@ class SineGen(nn.Module):
         phase = (within + carry.unsqueeze(-1)).reshape(b, t * upp, 1)
         harmonics = torch.arange(1, self.dim + 1, device=f0.device, dtype=f0.dtype)
         phase = phase * harmonics  # [B, N, dim]
-        rand_ini = torch.rand(b, 1, self.dim, device=f0.device)
-        rand_ini[:, :, 0] = 0
+        rand_ini = torch.rand(1, 1, self.dim, device=f0.device)  # shared by the batch, as in RVC
+        rand_ini[..., 0] = 0
         sine_waves = torch.sin(2 * math.pi * (phase + rand_ini)) * self.sine_amp
 
         uv = (f0 > self.voiced_threshold).float()
