@@ -31,17 +31,6 @@ DEMO_STEPS = 150
 DEMO_ITEMS = 8
 
 
-def _periods(text: str) -> tuple[int, ...] | str:
-    if text.strip().lower() == "rvc":
-        return "rvc"
-    if text.strip().lower() in ("none", ""):
-        return ()
-    try:
-        return tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'rvc', 'none' or comma-separated periods like 2,3,5, got {text!r}")
-
-
 def _floats(text: str) -> tuple[float, ...]:
     value = parse_value(text if "," in text or "(" in text else f"({text},)")
     if not isinstance(value, tuple) or not all(isinstance(v, (int, float)) for v in value):
@@ -115,10 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-skipped", type=int, default=20,
                    help="stop after this many consecutive steps with a non-finite loss or gradient")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available); under torchrun cuda:LOCAL_RANK")
-    g.add_argument("--d-periods", type=_periods, default=None, metavar="rvc|none|P1,P2,...",
-                   help="periods of the discriminator: 'rvc' (default: 2,3,5,7,11,17,23,37), 'none' (the scale "
-                        "discriminator alone) or a list; fewer periods make CPU smoke runs faster but the D "
-                        "checkpoint no longer matches RVC's layout (default with --demo: none)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -131,13 +116,10 @@ def config_from_args(args: argparse.Namespace):
     optim_args_d = parse_optim_args(args.optim_arg_d) if args.optim_arg_d is not None else None
     out = Path(args.out) if args.out else Path("runs") / ("demo" if args.demo else Path(args.data).resolve().name)
     model_config = args.config
-    d_periods = None if args.d_periods in (None, "rvc") else args.d_periods
     steps, epochs = args.steps, args.epochs
     if args.demo:
         data = _demo_data(out / "demo_data", args.config or "tiny", args.seed)
         model_config = args.config or "tiny"
-        if args.d_periods is None:
-            d_periods = ()
         if steps is None and epochs is None:
             steps = DEMO_STEPS
     else:
@@ -153,7 +135,7 @@ def config_from_args(args: argparse.Namespace):
         resume=args.resume, reset_optimizer=args.reset_optimizer,
         pretrained_g=args.pretrained_g, pretrained_d=args.pretrained_d,
         precision=args.precision, grad_clip=args.grad_clip, max_skipped=args.max_skipped, device=args.device,
-        export_name=args.export_name, d_periods=d_periods,
+        export_name=args.export_name,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
     )
 

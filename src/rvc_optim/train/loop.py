@@ -73,7 +73,6 @@ from rvc_optim.train.export import export_small_model
 from rvc_optim.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from rvc_optim.train.mel import mel_spectrogram, spec_to_mel
 from rvc_optim.train.model import build_discriminator, build_generator, commons
-from rvc_optim.train.model.models import MultiPeriodDiscriminatorV2
 from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_scheduler
 from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
 
@@ -100,8 +99,7 @@ class TrainConfig:
     ``betas``, ``eps`` of None keep each optimizer's recommended values. ``optimizer_d`` None: the
     generator's optimizer; ``optim_args_d`` None: ``optim_args`` when the two optimizers are the
     same, else nothing. Intervals of 0 turn the action off (the final checkpoint and export are
-    always written). ``d_periods`` None is RVC's discriminator (periods 2..37); a shorter tuple
-    (``()`` = the scale discriminator only) is for smoke runs on a CPU.
+    always written).
     """
 
     data: str
@@ -133,7 +131,6 @@ class TrainConfig:
     max_skipped: int = 20
     device: str | None = None
     export_name: str | None = None
-    d_periods: tuple[int, ...] | None = None
     progress: bool = True
     tensorboard: bool = True
 
@@ -342,7 +339,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     # ---- models (built from `seed` on every rank; DDP broadcasts rank 0's anyway)
     _seed_everything(tc.seed)
     net_g = build_generator(cfg)
-    net_d = build_discriminator(cfg) if tc.d_periods is None else MultiPeriodDiscriminatorV2(periods=tc.d_periods)
+    net_d = build_discriminator(cfg)
     if ck_g is not None:
         # Training-mode weights where the optimizer has train/eval modes, unless it is being replaced.
         fresh = tc.reset_optimizer
