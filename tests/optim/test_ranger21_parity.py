@@ -310,6 +310,7 @@ def test_gradient_processed_once():
         once = process_gradient_eq(p0, grads[p])
         torch.testing.assert_close(p.grad, once, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(opt.state[p]["variance_ma"], (1 - BETAS[1]) * once * once, rtol=1e-12, atol=0)
+        torch.testing.assert_close(opt.state[p]["grad_ma"], (1 - BETAS[0] ** 2) * once, rtol=1e-12, atol=0)
         if p.numel() > 2 and once.abs().max() > 0:
             twice = process_gradient_eq(p0, once, agc=False)
             assert p.grad.std().sub(1).abs() < 1e-4  # normalised to unit std (up to the 1e-8 in std + 1e-8)
@@ -402,6 +403,22 @@ def test_state_dict_resume_mid_run_is_bit_identical():
         for key, value in straight.state[a].items():
             other = resumed.state[b][key]
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+
+
+def test_param_group_added_mid_run_starts_its_own_schedule():
+    model = make_model()
+    late = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    opt = Ranger21(model.parameters(), lr=LR, betas=BETAS, num_epochs=1, num_batches_per_epoch=T)
+    _train(model, opt, batches(3))
+    opt.add_param_group({"params": [late]})
+    before = late.detach().clone()
+    tokens, target = batches(1)[0]
+    opt.zero_grad()
+    torch.mean((model(tokens) - target) ** 2).backward()
+    late.grad = torch.randn_like(late)
+    opt.step()
+    assert [g["step"] for g in opt.param_groups] == [4, 1]
+    assert opt.state[late]["step"] == 1 and not torch.equal(late, before)
 
 
 def test_all_zero_gradients_do_not_crash():

@@ -496,8 +496,6 @@ class Ranger21(Optimizer):
             warmdown_min_lr=warmdown_min_lr,
         )
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            group.setdefault("step", 0)
 
         self.logging_active = logging_active
         self.use_madgrad = use_madgrad
@@ -541,6 +539,10 @@ class Ranger21(Optimizer):
         if self.logging_active:
             self._log_settings(lr, weight_decay)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.param_groups[-1].setdefault("step", 0)  # a group added mid-run starts its own schedule
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
@@ -551,7 +553,7 @@ class Ranger21(Optimizer):
 
     def scheduled_lr(self, group: dict[str, Any], step: int | None = None) -> float:
         """The lr a group steps with at ``step`` (default: its latest step), after warm-up/warm-down."""
-        step = group["step"] if step is None else step
+        step = group.get("step", 0) if step is None else step
         lr, min_lr = group["lr"], group["warmdown_min_lr"]
         if self.warmdown_active and step >= self.start_warm_down:
             if lr <= min_lr:  # a warm-down never raises an lr
