@@ -70,7 +70,10 @@ Deviations from the authors' code, each a bug there or a departure this project 
   authors' raises RuntimeError, at the cost of a host sync).
 * The step counters that drive the schedule and Lookahead live in the param groups (in
   ``state_dict``); the authors' keep them as attributes, so a resumed run restarts Lookahead and
-  re-evaluates the warm-up from a fresh counter.
+  re-evaluates the warm-up from a fresh counter. (They schedule every group from one stale
+  parameter's step count and merge on an optimizer-wide counter; all agree while every parameter
+  gets a gradient every step.) Bias corrections use each parameter's own step, as theirs do.
+* Norm loss reads each group's eps (the authors' read the constructor's).
 * ``use_adabelief=True`` (its update is a non-in-place no-op in the authors' code), ``use_cheb=True``
   (AttributeError there), ``momentum_type`` other than ``"pnm"`` (UnboundLocalError there),
   ``decay_type`` other than ``"stable"`` and ``warmup_type`` other than ``"linear"``/None raise a
