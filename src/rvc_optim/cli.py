@@ -113,8 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         train_cli = None
     if train_cli is not None:
         train_cli.add_arguments(sub.add_parser(
-            "train", help="train an RVC v2 voice model", description=train_cli.DESCRIPTION,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+            "train", help="train an RVC v2 voice model", description=train_cli.DESCRIPTION))
     return parser
 
 
