@@ -12,7 +12,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from rvc_optim.train.optim_setup import OptimArgError, parse_optim_args, parse_value
+from rvc_optim.records import NotImplementedYet
+from rvc_optim.registry import optimizer_info
+from rvc_optim.train.optim_setup import OptimArgError, check_optim_args, parse_optim_args, parse_value
 
 __all__ = ["DESCRIPTION", "DEMO_STEPS", "add_arguments", "config_from_args", "run"]
 
@@ -112,8 +114,18 @@ def config_from_args(args: argparse.Namespace):
 
     if not args.demo and not args.data:
         raise ValueError("pass --data <experiment folder> (RVC or Applio layout) or --demo")
+    # Names and extra arguments are checked before any data is made or read.
+    record_g = optimizer_info(args.optimizer)
+    record_d = optimizer_info(args.optimizer_d or args.optimizer)
+    for record in (record_g, record_d):
+        record.cls  # raises NotImplementedYet (a clear message) for a registered but unwritten one
     optim_args = parse_optim_args(args.optim_arg)
     optim_args_d = parse_optim_args(args.optim_arg_d) if args.optim_arg_d is not None else None
+    check_optim_args(record_g, optim_args)
+    if optim_args_d is not None:
+        check_optim_args(record_d, optim_args_d, "--optim-arg-d")
+    elif record_d.name == record_g.name:
+        check_optim_args(record_d, optim_args)
     out = Path(args.out) if args.out else Path("runs") / ("demo" if args.demo else Path(args.data).resolve().name)
     model_config = args.config
     steps, epochs = args.steps, args.epochs
@@ -166,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingStopped as err:
         print(f"rvc-optim train: stopped: {err}", file=sys.stderr)
         return 3
-    except (OptimArgError, ResumeError, FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError) as err:
+    except (OptimArgError, ResumeError, NotImplementedYet, FileNotFoundError, FileExistsError, ValueError, TypeError,
+            KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"rvc-optim train: error: {message}", file=sys.stderr)
         return 2
