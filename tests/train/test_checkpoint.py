@@ -197,6 +197,8 @@ def test_resume_is_exact(name, experiment, tmp_path):
 
 def test_resume_with_another_optimizer_needs_reset(experiment, tmp_path):
     train(make_tc(experiment, tmp_path, optimizer="AdamW", steps=1))
+    with pytest.raises(ResumeError, match="already holds checkpoints.*--resume latest"):
+        train(make_tc(experiment, tmp_path, optimizer="AdamW", steps=1))  # a fresh run over an old one
     with pytest.raises(ResumeError, match="--reset-optimizer"):
         train(make_tc(experiment, tmp_path, optimizer="Lion", steps=2, resume="latest"))
     result = train(make_tc(experiment, tmp_path, optimizer="Lion", steps=2, resume="latest", reset_optimizer=True))

@@ -61,6 +61,7 @@ from rvc_optim.train import distributed
 from rvc_optim.train.checkpoint import (
     atomic_save,
     capture_rng,
+    checkpoint_pairs,
     load_checkpoint,
     load_pretrained,
     prune_checkpoints,
@@ -335,6 +336,13 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                     f"{saved} to continue it, or --reset-optimizer to start {rec.name} with fresh state "
                     "from these weights."
                 )
+    elif checkpoint_pairs(run_dir):
+        # A fresh run would interleave its checkpoints with the old ones (and keep-last would prune by step).
+        found = ", ".join(p.name for _, p, _ in checkpoint_pairs(run_dir)[-2:])
+        raise ResumeError(
+            f"{run_dir} already holds checkpoints ({found}): pass --resume latest to continue that run, "
+            "or choose another --out"
+        )
 
     # ---- models (built from `seed` on every rank; DDP broadcasts rank 0's anyway)
     _seed_everything(tc.seed)
