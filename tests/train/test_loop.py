@@ -92,10 +92,12 @@ def test_one_step_every_available_optimizer(name, experiment, tmp_path):
 
 # ---------------------------------------------------------------------- the loss falls
 def test_loss_falls_with_adamw(experiment, tmp_path):
-    result = train(make_tc(experiment, tmp_path, steps=24, log_every=4, lr=1e-3))
+    """12 steps at lr 1e-3 (AdamW's recommended 1e-4 needs ~100 steps for a clear fall): the mel loss
+    of the last 3 steps is at least 5% below that of the first 3 (measured: 145 -> 105)."""
+    result = train(make_tc(experiment, tmp_path, steps=12, log_every=3, lr=1e-3))
     first, last = result.loss_summary("loss_mel")
     first_g, last_g = result.loss_summary("loss_g")
-    assert last < first, f"mel loss did not fall: {first:.3f} -> {last:.3f}"
+    assert last < 0.95 * first, f"mel loss did not fall: {first:.3f} -> {last:.3f}"
     assert last_g < first_g, f"generator loss did not fall: {first_g:.3f} -> {last_g:.3f}"
 
 
@@ -191,6 +193,7 @@ def stand_in(monkeypatch):
     return given
 
 
+@pytest.mark.filterwarnings(r"ignore:Using backward\(\) with create_graph=True")
 def test_protocol_hooks_with_a_stand_in_optimizer(stand_in, experiment, tmp_path):
     with pytest.warns(UserWarning, match="lr multiplies the step size"):
         result = train(make_tc(experiment, tmp_path, optimizer="StandInTest", steps=3, lr=1e-4, save_every=2))
