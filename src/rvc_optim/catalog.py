@@ -46,7 +46,7 @@ GOALS: tuple[Goal, ...] = (
             "AdamW is what RVC itself trains with, so every pretrained generator and discriminator was "
             "tuned around it. Keep RVC's own settings: lr 1e-4, betas (0.8, 0.99), eps 1e-9, weight decay "
             "0.01 and an exponential decay of 0.999875 per epoch. The guide's advice of lr 1e-3 is ten "
-            "times RVC's value and tends to destabilise fine-tuning from the pretrained models."
+            "times RVC's value, while the pretrained models were trained and are fine-tuned at 1e-4."
         ),
     ),
     Goal(
@@ -65,10 +65,10 @@ GOALS: tuple[Goal, ...] = (
         title="Faster convergence on large models (experimental)",
         names=("Sophia", "Muon"),
         reason=(
-            "Both were shown to beat AdamW on language-model pre-training, not on GAN vocoders, so treat "
-            "them as experiments. Sophia needs a curvature refresh every few steps (an extra backward "
-            "pass); Muon orthogonalises the momentum of 2-D and larger weights and hands embeddings, "
-            "biases and gains to AdamW, which needs parameter names."
+            "Both were shown to beat AdamW on language-model (and, for Muon, small image-model) training, "
+            "not on GAN vocoders, so treat them as experiments. Sophia needs a curvature refresh every "
+            "few steps (an extra backward pass); Muon orthogonalises the momentum of 2-D and larger "
+            "weights and hands embeddings, biases and gains to AdamW, which needs parameter names."
         ),
     ),
     Goal(
@@ -278,8 +278,9 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "2305.14342",
         ),
         description=(
-            "Divides a gradient momentum by a moving average of a diagonal Hessian estimate and clips "
-            "each coordinate of the result to [-1, 1], so the step is at most lr per coordinate. The "
+            "Divides a gradient momentum by a moving average of a diagonal Hessian estimate (scaled by "
+            "rho and the batch size) and clips each coordinate of the result to [-1, 1], so the step is "
+            "at most lr per coordinate. The "
             "Hessian estimate is refreshed only every few steps from an extra backward pass "
             "(Gauss-Newton-Bartlett with labels sampled from the model, or Hutchinson). Until the first "
             "refresh the step is sign descent. It keeps the momentum and the Hessian average."
@@ -344,7 +345,12 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         rating=4.5,
         category="LR-Free",
         best_for="No LR tuning needed",
-        paper=Paper("Prodigy: An Expeditiously Adaptive Parameter-Free Learner", "Mishchenko, Defazio", 2023, "2306.06101"),
+        paper=Paper(
+            "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
+            "Mishchenko, Defazio",
+            2023,
+            "2306.06101",
+        ),
         description=(
             "An Adam whose step size is d * lr, where d is an estimate of the distance from the initial "
             "weights to a solution. d starts tiny (d0) and only grows, driven by how well the gradients "
@@ -389,7 +395,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         description=(
             "Adam with a Nesterov-style momentum: the step mixes the bias-corrected momentum of the next "
             "step with the current gradient, so it applies part of the coming momentum now. torch's "
-            "version also warms the momentum coefficient up over the first few hundred steps "
+            "version also warms the momentum coefficient up slowly, over thousands of steps "
             "(momentum_decay). The gradient is still taken at the current weights. State is Adam's two "
             "moments plus a running product of momentum coefficients."
         ),
@@ -438,7 +444,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         category="Nesterov",
         best_for="Vision and audio tasks",
         paper=Paper(
-            "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models", "Xie et al.", 2022, "2208.06677"
+            "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models",
+            "Xie et al.",
+            2022,
+            "2208.06677",
         ),
         description=(
             "Adds a Nesterov momentum estimate to Adam without evaluating the gradient elsewhere: besides "
@@ -538,7 +547,12 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         rating=4.0,
         category="Memory-Efficient",
         best_for="Large model training",
-        paper=Paper("Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", "Shazeer, Stern", 2018, "1804.04235"),
+        paper=Paper(
+            "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+            "Shazeer, Stern",
+            2018,
+            "1804.04235",
+        ),
         description=(
             "Approximates Adam's second moment of a matrix by the outer product of its row and column "
             "averages, storing O(rows + cols) numbers instead of rows * cols; tensors with more than two "
@@ -822,7 +836,12 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         rating=3.0,
         category="PyTorch Built-in",
         best_for="Best generalization",
-        paper=Paper("A Stochastic Approximation Method", "Robbins, Monro", 1951, venue="Annals of Mathematical Statistics"),
+        paper=Paper(
+            "A Stochastic Approximation Method",
+            "Robbins, Monro",
+            1951,
+            venue="Annals of Mathematical Statistics",
+        ),
         description=(
             "Steps against the gradient, here with a heavy-ball momentum buffer that accumulates past "
             "gradients (optionally Nesterov). Every coordinate shares the same learning rate, so the "
@@ -927,11 +946,22 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         when_to_use=(
             "Built for very large batches; at RVC's batch sizes it is an Adam with per-layer step "
-            "control. lr is a relative change per step, about 1e-3."
+            "control. lr is a relative change per step, about 1e-3; always_adapt=True (set here) keeps "
+            "the trust ratio on biases and gains, which get no weight decay and would otherwise take "
+            "plain Adam steps at that lr."
         ),
         state="exp_avg, exp_avg_sq: 2x params",
-        recommended={"lr": 1e-3, "betas": RVC_BETAS, "eps": RVC_EPS, "weight_decay": RVC_WEIGHT_DECAY},
-        protocol=Protocol(host_syncs_per_step=0, host_sync_reason="trust ratios and the clipping norm stay on the device"),
+        recommended={
+            "lr": 1e-3,
+            "betas": RVC_BETAS,
+            "eps": RVC_EPS,
+            "weight_decay": RVC_WEIGHT_DECAY,
+            "always_adapt": True,
+        },
+        protocol=Protocol(
+            host_syncs_per_step=0,
+            host_sync_reason="trust ratios and the clipping norm stay on the device",
+        ),
         test_settings={"lr": 1e-2},
         test_settings_reason="a relative change of 1e-3 per step is too slow for the 50-step contract",
     ),
@@ -947,14 +977,16 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Momentum SGD with a per-tensor local learning rate: the gradient plus weight decay is scaled "
             "by trust_coeff * ||w|| / (||g|| + weight_decay * ||w||) before it enters the momentum. A "
             "layer's relative change per step is therefore about lr * trust_coeff, independent of its "
-            "gradient scale. Tensors in a group without weight decay are not rescaled."
+            "gradient scale. Tensors in a group without weight decay are not rescaled unless always_adapt "
+            "is set."
         ),
         when_to_use=(
-            "For very large batches. Its lr is near 1.0 (with trust_coeff 1e-3), and RVC's 1e-4 would "
-            "freeze training; little reason to use it at RVC's batch sizes."
+            "For very large batches; little reason to use it at RVC's batch sizes. Its lr is near 1.0 "
+            "(with trust_coeff 1e-3), where RVC's 1e-4 would freeze training, and always_adapt=True (set "
+            "here) also scales biases and gains, which otherwise take raw SGD steps at that lr."
         ),
         state="momentum_buffer: 1x params",
-        recommended={"lr": 1.0, "momentum": 0.9, "weight_decay": 1e-4, "trust_coeff": 1e-3},
+        recommended={"lr": 1.0, "momentum": 0.9, "weight_decay": 1e-4, "trust_coeff": 1e-3, "always_adapt": True},
         protocol=Protocol(host_syncs_per_step=0, host_sync_reason="trust ratios stay on the device"),
         corrections=(
             "LARS is a large-batch method; nothing in it is specific to distributed training",
@@ -1127,7 +1159,12 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         rating=2.5,
         category="Hybrid",
         best_for="Adam→SGD switching",
-        paper=Paper("Improving Generalization Performance by Switching from Adam to SGD", "Keskar, Socher", 2017, "1712.07628"),
+        paper=Paper(
+            "Improving Generalization Performance by Switching from Adam to SGD",
+            "Keskar, Socher",
+            2017,
+            "1712.07628",
+        ),
         description=(
             "Trains with Adam while estimating, from each Adam step's projection on the gradient, the "
             "SGD learning rate that would make the same progress, and keeps an average of that estimate. "
@@ -1274,7 +1311,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         category="Control Theory",
         best_for="Novel control approach",
         paper=Paper(
-            "A PID Controller Approach for Stochastic Optimization of Deep Networks", "An et al.", 2018, venue="CVPR 2018"
+            "A PID Controller Approach for Stochastic Optimization of Deep Networks",
+            "An et al.",
+            2018,
+            venue="CVPR 2018",
         ),
         description=(
             "Reads momentum SGD as a PI controller and adds a derivative term: the step is the gradient "
@@ -1307,8 +1347,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "start at a small positive value, and eps (1e-3 by default) is part of the method."
         ),
         when_to_use=(
-            "When Adam's step sizes jump after quiet stretches. Use its own eps (1e-6 to 1e-3) rather than "
-            "RVC's 1e-9, with lr 1e-4 to 1e-3."
+            "When Adam's effective step grows too fast as gradients shrink. Use its own eps (1e-6 to 1e-3) "
+            "rather than RVC's 1e-9, with lr 1e-4 to 1e-3."
         ),
         state="exp_avg, exp_avg_sq: 2x params",
         recommended={"lr": 3e-4, "betas": RVC_BETAS, "eps": 1e-6},
@@ -1327,7 +1367,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         category="Functional Regularization",
         best_for="Simple baseline",
         paper=Paper(
-            "On the distance between two neural networks and the stability of learning", "Bernstein et al.", 2020, "2002.03432"
+            "On the distance between two neural networks and the stability of learning",
+            "Bernstein et al.",
+            2020,
+            "2002.03432",
         ),
         description=(
             "Frobenius matched gradient descent: each tensor's gradient is rescaled to the tensor's own "
