@@ -525,8 +525,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         protocol=Protocol(
             owns_schedule=True,
             run_length=RunLength(epochs_kwarg="num_epochs", steps_per_epoch_kwarg="num_batches_per_epoch"),
-            host_syncs_per_step=1,
-            host_sync_reason="stable weight decay divides by the global RMS of all second moments",
+            host_syncs_per_step=0,
+            host_sync_reason="the global RMS of the second moments (stable weight decay) stays on the device",
         ),
         aliases=("ranger",),
         test_settings={"lr": 1e-2, "num_epochs": 1, "num_batches_per_epoch": 50},
