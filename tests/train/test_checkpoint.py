@@ -206,3 +206,22 @@ def test_resume_with_another_optimizer_needs_reset(experiment, tmp_path):
     ck = load_checkpoint(tmp_path / "G_2.pth")
     assert ck["optimizer_name"] == "Lion"
     assert ck["data"]["finished_batches"] == 2 and ck["iteration"] == 1
+
+
+def test_resume_from_rvc_own_checkpoints(experiment, tmp_path):
+    """RVC's G_/D_ files (no position, no RNG, one AdamW param group): the optimizer state does not fit
+    the registry's decay/no-decay groups, so --reset-optimizer is required; then training continues
+    from their weights at RVC's position: the start of the saved epoch."""
+    cfg = get_config("tiny")
+    torch.manual_seed(1)
+    g, d = build_generator(cfg), build_discriminator(cfg)
+    for prefix, model in (("G", g), ("D", d)):
+        ckpt = _rvc_checkpoint(model, tmp_path / f"{prefix}_8.pth")
+        ckpt["iteration"] = 3
+        torch.save(ckpt, tmp_path / f"{prefix}_8.pth")
+    with pytest.raises(ResumeError, match="does not fit.*--reset-optimizer"):
+        train(make_tc(experiment, tmp_path, steps=9, resume="latest"))
+    result = train(make_tc(experiment, tmp_path, steps=9, resume="latest", reset_optimizer=True))
+    # 4 batches per epoch: epoch 3 starts at step 8; one step taken
+    assert (result.step, result.epoch) == (9, 3)
+    assert load_checkpoint(tmp_path / "G_9.pth")["data"]["finished_batches"] == 1

@@ -17,6 +17,7 @@ and ours::
     step              optimizer steps taken (global)         data        epoch, finished batches, seed
     rng               torch / CUDA / numpy / python RNG states, one entry per rank (G file only)
     skipped_in_a_row  consecutive skipped steps so far       config      the model config (dict)
+    driver_steps      steps the protocol driver has taken (its curvature-refresh schedule)
     train_config      the training settings (dict)
 
 Everything is plain tensors, numbers, strings, lists and dicts, so ``torch.load(...,

@@ -8,7 +8,9 @@ ends with one ``rvc-optim train: error: ...`` line and exit status 2, not a trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -158,6 +160,14 @@ def _demo_data(folder: Path, config: str, seed: int) -> Path:
     from rvc_optim.train.data import find_experiment
     from rvc_optim.train.demo_data import make_demo_experiment
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun, rank 0 makes the data; config.json is the last file make_demo_experiment writes.
+        deadline = time.monotonic() + 600
+        while not (folder / "config.json").is_file():
+            if time.monotonic() > deadline:
+                raise FileNotFoundError(f"rank {os.environ['RANK']}: {folder} was not made by rank 0 within 600 s")
+            time.sleep(0.5)
+        return folder
     if folder.is_dir() and any(folder.iterdir()):
         find_experiment(folder)  # fails clearly if it is not a complete experiment
         return folder
@@ -187,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     first, last = result.loss_summary("loss_mel")
     first_g, last_g = result.loss_summary("loss_g")
-    print(f"done: {result.step} steps (epoch {result.epoch}), {result.seconds_per_step:.2f} s/step, "
+    print(f"done: {result.step} steps ({result.epochs_done:g} epochs), {result.seconds_per_step:.2f} s/step, "
           f"{result.skipped_steps} skipped")
     if result.history:
         trend = "fell" if last < first else "did not fall"

@@ -155,8 +155,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """Where a run ended: ``step`` optimizer steps, in ``epoch`` (1-based; RVC's "iteration"),
+    ``epochs_done`` epochs completed (fractional mid-epoch). ``history`` holds one row per log."""
+
     step: int
     epoch: int
+    epochs_done: float
     run_dir: Path
     checkpoint: Path | None
     export: Path | None
@@ -323,21 +327,19 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     rec_g = optimizer_info(tc.optimizer)
     rec_d = optimizer_info(tc.optimizer_d or tc.optimizer)
     ck_g = ck_d = None
-    g_path: Path | None = None
+    g_path = d_path = None
     if tc.resume:
         g_path, d_path = resolve_resume(tc.resume, run_dir)
         ck_g, ck_d = load_checkpoint(g_path), load_checkpoint(d_path)
-        for ck, rec, which in ((ck_g, rec_g, "generator"), (ck_d, rec_d, "discriminator")):
+        for ck, rec, path, flag in ((ck_g, rec_g, g_path, "--optimizer"), (ck_d, rec_d, d_path, "--optimizer-d")):
             saved = ck.get("optimizer_name", "AdamW")  # RVC's own checkpoints hold AdamW state
             if saved != rec.name and not tc.reset_optimizer:
                 raise ResumeError(
-                    f"{g_path if which == 'generator' else d_path} was trained with {saved} for the "
-                    f"{which}, but this run asks for {rec.name}. Pass --optimizer{'-d' if which == 'discriminator' else ''} "
-                    f"{saved} to continue it, or --reset-optimizer to start {rec.name} with fresh state "
-                    "from these weights."
+                    f"{path} was trained with {saved}, but this run asks for {rec.name}. Pass {flag} {saved} "
+                    f"to continue it, or --reset-optimizer to start {rec.name} with fresh state from these weights."
                 )
     elif checkpoint_pairs(run_dir):
-        # A fresh run would interleave its checkpoints with the old ones (and keep-last would prune by step).
+        # A fresh run would mix its checkpoints with the old ones (and keep-last prunes by step).
         found = ", ".join(p.name for _, p, _ in checkpoint_pairs(run_dir)[-2:])
         raise ResumeError(
             f"{run_dir} already holds checkpoints ({found}): pass --resume latest to continue that run, "
@@ -389,7 +391,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         tc.optim_args if rec_d.name == rec_g.name else {}
     )
     opt_g, drv_g = build_optimizer(
-        rec_g.name, net_g, total_steps, lr=tc.lr, betas=tc.betas, eps=tc.eps, extra=tc.optim_args, who="generator",
+        rec_g.name, net_g, total_steps, lr=tc.lr, betas=tc.betas, eps=tc.eps, extra=tc.optim_args,
+        who="generator",
     )
     opt_d, drv_d = build_optimizer(
         rec_d.name, net_d, total_steps, lr=tc.lr, betas=tc.betas, eps=tc.eps, extra=args_d,
@@ -409,8 +412,15 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     if ck_g is not None:
         if not tc.reset_optimizer:
-            opt_g.load_state_dict(ck_g["optimizer"])
-            opt_d.load_state_dict(ck_d["optimizer"])
+            for opt, ck, path in ((opt_g, ck_g, g_path), (opt_d, ck_d, d_path)):
+                try:
+                    opt.load_state_dict(ck["optimizer"])
+                except (ValueError, KeyError) as e:
+                    # e.g. RVC's own checkpoints: one AdamW group, where ours split decay / no decay
+                    raise ResumeError(
+                        f"{path}: its optimizer state does not fit this optimizer's parameter groups ({e}); "
+                        "pass --reset-optimizer to continue from its weights with fresh optimizer state"
+                    ) from e
             for sched, ck in ((sched_g, ck_g), (sched_d, ck_d)):
                 if sched is not None and ck.get("scheduler") is not None:
                     sched.load_state_dict(ck["scheduler"])
@@ -455,7 +465,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         csv_path = run_dir / "train_log.csv"
         new_csv = not csv_path.exists() or step == 0
         csv_file = open(csv_path, "w" if new_csv else "a", newline="", encoding="utf-8")
-        csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "epoch", "lr_g", "lr_d", *_LOG_KEYS, "skipped", "sec_per_step"])
+        fields = ["step", "epoch", "lr_g", "lr_d", *_LOG_KEYS, "skipped", "sec_per_step"]
+        csv_writer = csv.DictWriter(csv_file, fieldnames=fields)
         if new_csv:
             csv_writer.writeheader()
     val_batch = [t.to(device) for t in collate([loader.dataset[0]])]
@@ -471,7 +482,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         common = {
             "iteration": epoch,
             "step": step,
-            "data": {"epoch": epoch, "finished_batches": finished, "seed": tc.seed, "batches_per_epoch": batches_per_epoch},
+            "data": {"epoch": epoch, "finished_batches": finished, "seed": tc.seed,
+                     "batches_per_epoch": batches_per_epoch},
             "skipped_in_a_row": skipped_in_a_row,
             "scaler": scaler.state_dict() if use_scaler else None,
             "config": cfg.to_dict(),
@@ -507,7 +519,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
             o = net_g.infer(phone, phone_lengths, pitch, pitchf, sid)[0]
             gen = mel_spectrogram(o.float().squeeze(1), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
                                   cfg.hop_length, cfg.win_length, cfg.mel_fmin, cfg.mel_fmax)[0]
-            ref = spec_to_mel(spec.float(), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate, cfg.mel_fmin, cfg.mel_fmax)[0]
+            ref = spec_to_mel(spec.float(), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
+                              cfg.mel_fmin, cfg.mel_fmax)[0]
             n = min(gen.shape[-1], ref.shape[-1])
             val_l1 = F.l1_loss(gen[:, :n], ref[:, :n]).item()
             net_g.train()
@@ -586,7 +599,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                 # skipped steps: warn, count, stop after max_skipped in a row
                 if ok_d and ok_g:
                     skipped_in_a_row = 0
-                    for k, v in (("loss_d", loss_d), ("grad_norm_d", norm_d), ("grad_norm_g", norm_g), *losses_g.items()):
+                    logged = {"loss_d": loss_d, "grad_norm_d": norm_d, "grad_norm_g": norm_g, **losses_g}
+                    for k, v in logged.items():
                         sums[k] += v.detach().float()
                     n_logged += 1
                 else:
@@ -646,7 +660,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         if main:
             export_path = run_dir / f"{tc.export_name or run_dir.name}.pth"
             with evaluation_weights(pairs):
-                export_small_model(net_g, cfg, export_path, epoch)
+                export_small_model(net_g, cfg, export_path, max(1, epoch - 1 if finished == 0 else epoch))
         distributed.barrier(info)
     finally:
         bar.close()
@@ -656,8 +670,9 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
             csv_file.close()
     elapsed = time.perf_counter() - run_start
     return TrainResult(
-        step=step, epoch=epoch, run_dir=run_dir, checkpoint=last_ckpt, export=export_path, history=history,
-        skipped_steps=skipped_total, seconds_per_step=elapsed / max(1, step - run_start_step),
+        step=step, epoch=epoch, epochs_done=epoch - 1 + finished / batches_per_epoch, run_dir=run_dir,
+        checkpoint=last_ckpt, export=export_path, history=history, skipped_steps=skipped_total,
+        seconds_per_step=elapsed / max(1, step - run_start_step),
     )
 
 
