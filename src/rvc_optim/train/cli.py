@@ -33,6 +33,9 @@ DESCRIPTION = (
 #: 2-core CPU to finish in a few minutes.
 DEMO_STEPS = 150
 DEMO_ITEMS = 8
+#: (log, eval, save) intervals in steps: for real runs, and for the short demo.
+INTERVALS = (50, 500, 1000)
+DEMO_INTERVALS = (10, 50, 50)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -83,11 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
 
     g = parser.add_argument_group("logging, evaluation, checkpoints")
-    g.add_argument("--log-every", type=int, default=50, help="log averaged losses every N steps (0: never)")
-    g.add_argument("--eval-every", type=int, default=500,
-                   help="every N steps, synthesise a validation item and log its mel image and mel L1 (0: never)")
-    g.add_argument("--save-every", type=int, default=1000,
-                   help="write G_<step>.pth / D_<step>.pth every N steps (0: only at the end)")
+    g.add_argument("--log-every", type=int, help="log averaged losses every N steps (0: never; default 50, --demo 10)")
+    g.add_argument("--eval-every", type=int,
+                   help="every N steps, synthesise a validation item and log its mel image and mel L1 "
+                        "(0: never; default 500, --demo 50)")
+    g.add_argument("--save-every", type=int,
+                   help="write G_<step>.pth / D_<step>.pth every N steps (0: only at the end; default 1000, --demo 50)")
     g.add_argument("--keep-last", type=int, default=2, help="keep the newest K checkpoint pairs (0: keep all)")
     g.add_argument("--resume", metavar="CKPT",
                    help="continue from 'latest' (newest pair in the run folder), a run folder, or a G_/D_<step>.pth file; "
@@ -131,6 +135,11 @@ def config_from_args(args: argparse.Namespace):
     out = Path(args.out) if args.out else Path("runs") / ("demo" if args.demo else Path(args.data).resolve().name)
     model_config = args.config
     steps, epochs = args.steps, args.epochs
+    defaults = DEMO_INTERVALS if args.demo else INTERVALS
+    log_every, eval_every, save_every = (
+        default if given is None else given
+        for given, default in zip((args.log_every, args.eval_every, args.save_every), defaults)
+    )
     if args.demo:
         data = _demo_data(out / "demo_data", args.config or "tiny", args.seed)
         model_config = args.config or "tiny"
@@ -145,7 +154,7 @@ def config_from_args(args: argparse.Namespace):
         optimizer=args.optimizer, optimizer_d=args.optimizer_d, optim_args=optim_args, optim_args_d=optim_args_d,
         lr=args.lr, betas=args.betas, eps=args.eps, lr_decay=args.lr_decay,
         steps=steps, epochs=epochs, batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers,
-        log_every=args.log_every, eval_every=args.eval_every, save_every=args.save_every, keep_last=args.keep_last,
+        log_every=log_every, eval_every=eval_every, save_every=save_every, keep_last=args.keep_last,
         resume=args.resume, reset_optimizer=args.reset_optimizer,
         pretrained_g=args.pretrained_g, pretrained_d=args.pretrained_d,
         precision=args.precision, grad_clip=args.grad_clip, max_skipped=args.max_skipped, device=args.device,
