@@ -66,6 +66,7 @@ from rvc_optim.optim._foreach import (
     scalar_dtype,
     state_tensor,
 )
+from rvc_optim.optim.any_precision_adamw import foreach_mul_by_constant_
 
 __all__ = ["Adan", "adan_update", "global_clip_factor"]
 
@@ -111,9 +112,9 @@ def adan_update(
     torch._foreach_add_(diffs, grads)  # D = g - g_prev
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)  # m
     torch._foreach_lerp_(exp_avg_diffs, diffs, 1.0 - beta2)  # v
-    torch._foreach_mul_(diffs, beta2)
+    foreach_mul_by_constant_(diffs, beta2)  # (torch's CPU _foreach_mul_ rounds a Python beta to bfloat16)
     torch._foreach_add_(diffs, grads)  # g + beta2 * D
-    torch._foreach_mul_(exp_avg_sqs, beta3)
+    foreach_mul_by_constant_(exp_avg_sqs, beta3)
     torch._foreach_addcmul_(exp_avg_sqs, diffs, diffs, value=1.0 - beta3)  # n
 
     denom = torch._foreach_sqrt(exp_avg_sqs)
