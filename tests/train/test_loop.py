@@ -86,6 +86,8 @@ def test_one_step_every_available_optimizer(name, experiment, tmp_path):
     for what, ck, init in (("generator", ck_g, g0), ("discriminator", ck_d, d0)):
         weights = ck.get("model_train", ck["model"])
         assert ck["optimizer_name"] == name
+        wants = rvc_optim.optimizer_info(name).protocol.wants_lr_scheduler
+        assert (ck["scheduler"] is not None) == wants, f"{name}: LR scheduler where the protocol says {wants}"
         assert changed(init, weights) > 0, f"{name}: the {what} was not stepped"
         assert all(torch.isfinite(v).all() for v in weights.values()), f"{name}: non-finite {what} weights"
 

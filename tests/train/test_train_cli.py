@@ -97,9 +97,46 @@ def test_demo_end_to_end_then_resume(tmp_path, capsys):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
 
 
-def test_data_flag_trains_an_experiment_folder(experiment, tmp_path, capsys):
-    code = main(["train", "--data", str(experiment), "--out", str(tmp_path / "run"), "--steps", "1",
-                 "--batch-size", "1", "--no-progress", "--no-tensorboard", "--log-every", "1",
-                 "--optim-arg", "weight_decay=0.0", "--export-name", "mine"])
+# ---------------------------------------------------------------------- --optim-arg parsing and settings
+def test_optim_arg_values_are_python_literals():
+    from rvc_optim.train.optim_setup import parse_optim_args
+
+    got = parse_optim_args(["a=3", "b=1e-3", "c=True", "d=(0.9, 0.99)", "e=None", "f=hello", "g=false", "h='x=y'"])
+    assert got == {"a": 3, "b": 1e-3, "c": True, "d": (0.9, 0.99), "e": None, "f": "hello", "g": False, "h": "x=y"}
+    assert type(got["a"]) is int and type(got["b"]) is float
+
+
+def test_lr_far_from_one_warns_for_multiplier_optimizers():
+    import warnings
+
+    from rvc_optim import list_optimizers, optimizer_info
+    from rvc_optim.train.optim_setup import optimizer_settings
+
+    multipliers = [n for n in list_optimizers(available_only=True) if optimizer_info(n).protocol.lr_role == "multiplier"]
+    steps = [n for n in list_optimizers(available_only=True) if optimizer_info(n).protocol.lr_role == "step"]
+    if not multipliers:
+        pytest.skip("no optimizer with lr_role 'multiplier' is available yet")
+    record = optimizer_info(multipliers[0])
+    with pytest.warns(UserWarning, match=f"For {record.name}, lr multiplies"):
+        optimizer_settings(record, lr=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert optimizer_settings(record, lr=0.5) == {"lr": 0.5}
+        assert optimizer_settings(optimizer_info(steps[0]), lr=1e-4, betas=(0.9, 0.99), eps=1e-8) == {
+            "lr": 1e-4, "betas": (0.9, 0.99), "eps": 1e-8}
+        assert optimizer_settings(record) == {}  # nothing given: the record's recommendation applies
+
+
+@pytest.mark.parametrize("layout", ["rvc", "applio"])
+def test_data_flag_reads_rvc_and_applio_folders(layout, experiment, tmp_path, capsys):
+    from rvc_optim.train.demo_data import make_demo_experiment
+
+    data = experiment
+    if layout == "applio":
+        data = tmp_path / "applio" / "logs" / "voice"
+        make_demo_experiment(data, get_config("tiny"), n_items=2, seconds=1.5, seed=1, layout="applio")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--batch-size", "1", "--no-progress", "--no-tensorboard", "--optim-arg", "weight_decay=0.0",
+                 "--export-name", "mine"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "run" / "mine.pth").exists() and (tmp_path / "run" / "G_1.pth").exists()
