@@ -14,9 +14,12 @@ from torch.optim import Optimizer
 from rvc_optim.optim.any_precision_adamw import AnyPrecisionAdamW, foreach_mul_by_constant_
 from tests.optim.parity import batches, make_model, run_parity, two_groups
 
-F64_BUFFERS = dict(momentum_dtype=torch.float64, variance_dtype=torch.float64, compensation_buffer_dtype=torch.float64)
-F32_BUFFERS = dict(momentum_dtype=torch.float32, variance_dtype=torch.float32, compensation_buffer_dtype=torch.float32)
-BF16_BUFFERS = dict(momentum_dtype=torch.bfloat16, variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16)
+
+def _buffers(dtype):
+    return dict(momentum_dtype=dtype, variance_dtype=dtype, compensation_buffer_dtype=dtype)
+
+
+F64_BUFFERS, F32_BUFFERS, BF16_BUFFERS = _buffers(torch.float64), _buffers(torch.float32), _buffers(torch.bfloat16)
 GROUPS = [{"lr": 1e-2, "weight_decay": 0.05}, {"lr": 4e-3, "weight_decay": 0.0}]
 BETAS = (0.85, 0.99)
 STATE_KEYS = {"step": "step", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "compensation": "compensation"}
@@ -28,10 +31,12 @@ class AuthorsUpdate(Optimizer):
     own dtypes and every operation rounds to the dtype of the tensor it writes."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, use_kahan_summation=False,
-                 momentum_dtype=torch.float32, variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      use_kahan_summation=use_kahan_summation, momentum_dtype=momentum_dtype,
-                                      variance_dtype=variance_dtype, compensation_buffer_dtype=compensation_buffer_dtype))
+                 momentum_dtype=torch.float32, variance_dtype=torch.bfloat16,
+                 compensation_buffer_dtype=torch.bfloat16):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_kahan_summation=use_kahan_summation,
+                        momentum_dtype=momentum_dtype, variance_dtype=variance_dtype,
+                        compensation_buffer_dtype=compensation_buffer_dtype)
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self):
@@ -111,7 +116,8 @@ def test_float32_bias_corrections_are_deliberate():
     ours = AnyPrecisionAdamW(model.parameters(), lr=1e-2, betas=BETAS, **F64_BUFFERS)
     ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2, betas=BETAS, weight_decay=0.0, foreach=False)
     _train_both(model, ours, ref_model, ref, steps=20)
-    rel = max(((p - q).abs().max() / q.abs().max()).item() for p, q in zip(model.parameters(), ref_model.parameters()))
+    pairs = zip(model.parameters(), ref_model.parameters())
+    rel = max(((p - q).abs().max() / q.abs().max()).item() for p, q in pairs)
     assert 1e-8 < rel < 1e-4, rel
 
 
@@ -137,7 +143,8 @@ def test_float32_buffers_without_kahan_are_adamw():
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5 * q.abs().max().item(), msg=lambda m: f"{name}: {m}")
         m, ref_m = ours.state[p]["exp_avg"], ref.state[q]["exp_avg"]
-        torch.testing.assert_close(m, ref_m, rtol=0, atol=1e-5 * ref_m.abs().max().item(), msg=lambda m: f"exp_avg of {name}: {m}")
+        torch.testing.assert_close(m, ref_m, rtol=0, atol=1e-5 * ref_m.abs().max().item(),
+                                   msg=lambda m: f"exp_avg of {name}: {m}")
 
 
 # --- Kahan summation ---------------------------------------------------------------------------------
@@ -190,7 +197,9 @@ def test_bf16_weights_with_kahan_track_float32_adamw(buffers):
     assert err_plain > 0.9 * moved, (err_plain, moved)
     assert err_kahan < 0.1 * err_plain, (err_kahan, err_plain)
     # and both are the authors' arithmetic, bit for bit
-    authors_kahan = _quadratic_run(lambda ps: AuthorsUpdate(ps, use_kahan_summation=True, **buffers), torch.bfloat16)
+    authors_kahan = _quadratic_run(
+        lambda ps: AuthorsUpdate(ps, use_kahan_summation=True, **buffers), torch.bfloat16
+    )
     authors_plain = _quadratic_run(lambda ps: AuthorsUpdate(ps, **buffers), torch.bfloat16)
     assert torch.equal(kahan, authors_kahan) and torch.equal(plain, authors_plain)
 
@@ -252,8 +261,8 @@ def _save_load(obj):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_dict_round_trip_keeps_dtypes_and_resumes_exactly(dtype):
-    settings = dict(lr=1e-2, betas=BETAS, weight_decay=0.01, use_kahan_summation=True,
-                    momentum_dtype=torch.float32, variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16)
+    settings = dict(lr=1e-2, betas=BETAS, weight_decay=0.01, use_kahan_summation=True, momentum_dtype=torch.float32,
+                    variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16)
     data = batches(12)
 
     def train(model, opt, chunk):
@@ -289,7 +298,8 @@ def test_state_dict_round_trip_keeps_dtypes_and_resumes_exactly(dtype):
 
 def test_defaults_are_the_authors():
     d = AnyPrecisionAdamW([torch.nn.Parameter(torch.zeros(1))]).defaults
-    assert (d["lr"], d["betas"], d["eps"], d["weight_decay"], d["use_kahan_summation"]) == (1e-3, (0.9, 0.999), 1e-8, 0.0, False)
+    assert (d["lr"], d["betas"], d["eps"], d["weight_decay"], d["use_kahan_summation"]) == (
+        1e-3, (0.9, 0.999), 1e-8, 0.0, False)
     assert (d["momentum_dtype"], d["variance_dtype"], d["compensation_buffer_dtype"]) == (
         torch.float32, torch.bfloat16, torch.bfloat16)
 

@@ -69,7 +69,11 @@ from rvc_optim.optim._foreach import (
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw_update", "foreach_mul_by_constant_"]
 
 DTYPE_ARGUMENTS = ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")
-STATE_DTYPES = {"exp_avg": "momentum_dtype", "exp_avg_sq": "variance_dtype", "compensation": "compensation_buffer_dtype"}
+STATE_DTYPES = {
+    "exp_avg": "momentum_dtype",
+    "exp_avg_sq": "variance_dtype",
+    "compensation": "compensation_buffer_dtype",
+}
 
 
 def foreach_mul_by_constant_(tensors: list[Tensor], factor: float) -> None:
@@ -77,8 +81,8 @@ def foreach_mul_by_constant_(tensors: list[Tensor], factor: float) -> None:
 
     torch's CPU ``_foreach_mul_`` with a Python number rounds the number to the tensors' dtype first:
     for bfloat16 buffers 0.99 becomes 0.98828125 and 0.999 becomes 1.0 (a variance that never decays).
-    With a 0-d float32/float64 tensor it computes in float32 like ``Tensor.mul_`` (checked in torch
-    2.13). ``torch.full`` writes the value on the device: no host-to-device copy.
+    With a 0-d float32/float64 tensor it computes like ``Tensor.mul_`` (in float32 for reduced-precision
+    tensors; checked in torch 2.13). ``torch.full`` writes the value on the device: no host-to-device copy.
     """
     if tensors:
         dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
@@ -103,7 +107,7 @@ def any_precision_adamw_update(
 ) -> None:
     """One step. Buffers keep their own dtypes; ``step_size`` is lr / (1 - beta1^t) and
     ``denom_correction`` sqrt(1 - beta2^t), both computed in float32 by the caller. Every operation
-    rounds where the authors' does, so on the eager path the results are theirs bit for bit."""
+    rounds where the authors' does (on the eager path our tests measure no difference at all)."""
     decay_weights_(params, lr, weight_decay)
     foreach_mul_by_constant_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
