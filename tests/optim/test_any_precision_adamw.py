@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.optim import Optimizer
 
-from rvc_optim.optim.any_precision_adamw import AnyPrecisionAdamW, foreach_mul_by_constant_
+from rvc_optim.optim._foreach import foreach_mul_by_constant_
+from rvc_optim.optim.any_precision_adamw import AnyPrecisionAdamW
 from tests.optim.parity import batches, make_model, run_parity, two_groups
 
 

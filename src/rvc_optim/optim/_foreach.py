@@ -24,6 +24,7 @@ __all__ = [
     "check_nonnegative",
     "check_weight_decay",
     "decay_weights_",
+    "foreach_mul_by_constant_",
     "group_by_device_and_dtype",
     "params_with_grad",
     "run_closure",
@@ -139,3 +140,16 @@ def decay_weights_(params: list[Tensor], lr: Tensor | float, weight_decay: float
     """Decoupled weight decay (Loshchilov and Hutter): ``p <- p * (1 - lr * weight_decay)``."""
     if weight_decay != 0.0:
         torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+
+
+def foreach_mul_by_constant_(tensors: list[Tensor], factor: float) -> None:
+    """``t *= factor`` for every tensor, computed like ``Tensor.mul_(factor)`` whatever the dtype.
+
+    torch's CPU ``_foreach_mul_`` with a Python number rounds the number to the tensors' dtype first:
+    for bfloat16 buffers 0.99 becomes 0.98828125 and 0.999 becomes 1.0 (a variance that never decays).
+    With a 0-d float32/float64 tensor it computes like ``Tensor.mul_`` (in float32 for reduced-precision
+    tensors; checked in torch 2.13). ``torch.full`` writes the value on the device: no host-to-device copy.
+    """
+    if tensors:
+        dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+        torch._foreach_mul_(tensors, torch.full((), factor, dtype=dtype, device=tensors[0].device))

@@ -59,6 +59,7 @@ from rvc_optim.optim._foreach import (
     check_nonnegative,
     check_weight_decay,
     decay_weights_,
+    foreach_mul_by_constant_,
     group_by_device_and_dtype,
     params_with_grad,
     run_closure,
@@ -66,7 +67,6 @@ from rvc_optim.optim._foreach import (
     scalar_dtype,
     state_tensor,
 )
-from rvc_optim.optim.any_precision_adamw import foreach_mul_by_constant_
 
 __all__ = ["Adan", "adan_update", "global_clip_factor"]
 

@@ -59,6 +59,7 @@ from rvc_optim.optim._foreach import (
     check_lr,
     check_weight_decay,
     decay_weights_,
+    foreach_mul_by_constant_,
     group_by_device_and_dtype,
     params_with_grad,
     run_closure,
@@ -66,7 +67,7 @@ from rvc_optim.optim._foreach import (
     state_tensor,
 )
 
-__all__ = ["AnyPrecisionAdamW", "any_precision_adamw_update", "foreach_mul_by_constant_"]
+__all__ = ["AnyPrecisionAdamW", "any_precision_adamw_update"]
 
 DTYPE_ARGUMENTS = ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")
 STATE_DTYPES = {
@@ -74,19 +75,6 @@ STATE_DTYPES = {
     "exp_avg_sq": "variance_dtype",
     "compensation": "compensation_buffer_dtype",
 }
-
-
-def foreach_mul_by_constant_(tensors: list[Tensor], factor: float) -> None:
-    """``t *= factor`` for every tensor, computed like ``Tensor.mul_(factor)`` whatever the dtype.
-
-    torch's CPU ``_foreach_mul_`` with a Python number rounds the number to the tensors' dtype first:
-    for bfloat16 buffers 0.99 becomes 0.98828125 and 0.999 becomes 1.0 (a variance that never decays).
-    With a 0-d float32/float64 tensor it computes like ``Tensor.mul_`` (in float32 for reduced-precision
-    tensors; checked in torch 2.13). ``torch.full`` writes the value on the device: no host-to-device copy.
-    """
-    if tensors:
-        dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-        torch._foreach_mul_(tensors, torch.full((), factor, dtype=dtype, device=tensors[0].device))
 
 
 def any_precision_adamw_update(
