@@ -1,0 +1,345 @@
+"""DAdaptAdam, DAdaptAdaGrad and DAdaptSGD against the authors' ``dadaptation`` 3.2, against the
+update equations written out below where ours deliberately differs (each group's own lr, momentum or
+weight decay is honoured), and the edge cases the references do not survive (all-zero gradients).
+
+Tolerances. Ours takes the global sums (the numerator and the size of ``s``) with multi-tensor
+reductions; the reference adds one ``.item()`` per parameter in Python. The sums then differ in their
+last bits, which reach ``d`` and every parameter: measured over 200 steps, at most 5e-15 relative to
+each tensor's largest element. Compared element by element, a coordinate near zero shows that
+absolute error as a large relative one (measured up to 5e-10 relative at ``atol=0``), so parameters
+are compared at rtol 1e-9 with ``ATOL = 1e-13`` (the parameters here are of order 0.1 to 1).
+
+Configurations. Every run below is one where the training itself is stable: with the defaults
+(lr=1.0, coupled decay, no bias correction) DAdaptAdam drives this tiny model into a chaotic regime
+(the loss rises from 1.3 to 2.4 by step 32) where ANY change of summation order, the reference
+against itself included, grows by about 10x per step (measured: 1e-15 at step 30, 1e-8 at step 42);
+DAdaptSGD with lr=1.0 and weight decay 0.01 diverges (loss 1e201). Hence lr 0.1 (Adam) and 0.3 (SGD)
+in those runs; the other switches run at the authors' lr=1.0 where that is stable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import dadaptation
+import pytest
+import torch
+
+from rvc_optim.optim.dadapt import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
+from tests.optim.parity import DTYPE, assert_close, batches, make_model, run_parity, two_groups
+
+ATOL = 1e-13
+RTOL = 1e-9
+
+ADAM_STATE = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "s": "s", "step": "step"}
+ADAGRAD_STATE = {"alphak": "alphak", "sk": "sk", "x0": "x0"}
+SGD_STATE = {"s": "s", "x0": "x0"}
+
+ADAM_GROUP_KEYS = ("d", "k", "numerator_weighted")
+ADAGRAD_GROUP_KEYS = ("d", "k", "gsq_weighted", "sksq_weighted", "skl1")
+SGD_GROUP_KEYS = ("d", "k", "numerator_weighted", "g0_norm")
+
+# The references allow one lr (Adam, SGD) or read group 0's (AdaGrad); the groups differ in weight
+# decay and eps instead. DAdaptSGD's reference reads group 0's weight decay: both groups share it.
+ADAM_GROUPS = [{"weight_decay": 0.01, "eps": 1e-8}, {"weight_decay": 0.0, "eps": 1e-6}]
+ADAGRAD_GROUPS = [{"weight_decay": 0.01, "eps": 1e-6}, {"weight_decay": 0.0, "eps": 1e-8}]
+SGD_GROUPS = [{"weight_decay": 0.01}, {"weight_decay": 0.01}]
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def compare_groups(ours, ref, keys, when="") -> None:
+    """Group values: ``k`` exactly, the floats (d and the running sums) to RTOL."""
+    for i, (mine, theirs) in enumerate(zip(ours.param_groups, ref.param_groups)):
+        for key in keys:
+            if key not in theirs:  # DAdaptSGD's g0_norm appears after the first step
+                continue
+            a, b = _number(mine[key]), _number(theirs[key])
+            if key == "k":
+                assert a == b, f"{when} group {i} k: {a} vs reference {b}"
+            else:
+                assert math.isclose(a, b, rel_tol=RTOL, abs_tol=0.0), f"{when} group {i} {key}: {a!r} vs reference {b!r}"
+
+
+def parity(make_ours, make_ref, groups, state_keys, group_keys, steps=200, before_step=None):
+    def check(ours, ref):
+        compare_groups(ours, ref, group_keys, "before a step:")
+        if before_step is not None:
+            before_step(ours, ref)
+
+    ours, ref, ours_model, ref_model = run_parity(
+        make_ours, make_ref, groups, state_keys, steps=steps, rtol=RTOL, atol=ATOL, before_step=check
+    )
+    compare_groups(ours, ref, group_keys, "after the last step:")
+    return ours, ref, ours_model, ref_model
+
+
+def zero_grads_at(*steps):
+    """A before_step hook that zeroes every gradient (both sides) at the given 1-based steps."""
+    count = {"step": 0}
+
+    def hook(ours, ref):
+        count["step"] += 1
+        if count["step"] in steps:
+            for opt in (ours, ref):
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        p.grad.zero_()
+
+    return hook
+
+
+# --- DAdaptAdam -------------------------------------------------------------------------------------------
+
+
+def test_adam_parity_defaults():
+    parity(
+        lambda g: DAdaptAdam(g, lr=0.1), lambda g: dadaptation.DAdaptAdam(g, lr=0.1),
+        ADAM_GROUPS, ADAM_STATE, ADAM_GROUP_KEYS,
+    )
+
+
+def test_adam_parity_decoupled_bias_corrected():
+    parity(
+        lambda g: DAdaptAdam(g, decouple=True, use_bias_correction=True),
+        lambda g: dadaptation.DAdaptAdam(g, decouple=True, use_bias_correction=True),
+        ADAM_GROUPS, ADAM_STATE, ADAM_GROUP_KEYS,
+    )
+
+
+def test_adam_parity_growth_rate_d0_betas_layer_scale_and_a_zero_gradient_step():
+    groups = [ADAM_GROUPS[0], {**ADAM_GROUPS[1], "layer_scale": 0.5}]
+    kwargs = dict(lr=0.1, betas=(0.8, 0.99), d0=1e-4, growth_rate=1.05)
+    ours, _, _, _ = parity(
+        lambda g: DAdaptAdam(g, **kwargs), lambda g: dadaptation.DAdaptAdam(g, **kwargs),
+        groups, ADAM_STATE, ADAM_GROUP_KEYS, before_step=zero_grads_at(30),
+    )
+    # growth_rate binds: d grows by exactly 1.05 per step while the estimate runs ahead of it
+    assert float(ours.param_groups[0]["d"]) > 1e-4
+
+
+def test_adam_momentum_keeps_the_step_size_it_was_accumulated_with():
+    """m adds r * dlr * (1 - beta1) * g with the dlr of its own step; a later, larger d does not
+    rescale what is already in m. Three steps, equations written out."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=DTYPE))
+    beta1, d0 = 0.9, 1e-3
+    opt = DAdaptAdam([p], betas=(beta1, 0.999), d0=d0)
+    grads = [torch.tensor(g, dtype=DTYPE) for g in ([0.3, -0.1, 0.2], [0.2, -0.1, 0.4], [0.1, 0.3, -0.2])]
+    d_at_start = []
+    for g in grads:
+        d_at_start.append(float(opt.param_groups[0]["d"]))
+        p.grad = g.clone()
+        opt.step()
+    d1, d2, d3 = d_at_start
+    assert d1 == d2 == d0 < d3  # the first numerator is 0; the second moves d
+    expected = (1 - beta1) * (beta1**2 * d1 * grads[0] + beta1 * d2 * grads[1] + d3 * grads[2])
+    torch.testing.assert_close(opt.state[p]["exp_avg"], expected, rtol=1e-14, atol=0)
+
+
+# --- DAdaptAdaGrad ----------------------------------------------------------------------------------------
+
+
+def test_adagrad_parity_defaults():
+    parity(DAdaptAdaGrad, dadaptation.DAdaptAdaGrad, ADAGRAD_GROUPS, ADAGRAD_STATE, ADAGRAD_GROUP_KEYS)
+
+
+def test_adagrad_parity_momentum_growth_rate_d0_and_a_zero_gradient_step():
+    kwargs = dict(momentum=0.9, growth_rate=1.05, d0=1e-4)
+    parity(
+        lambda g: DAdaptAdaGrad(g, **kwargs), lambda g: dadaptation.DAdaptAdaGrad(g, **kwargs),
+        ADAGRAD_GROUPS, ADAGRAD_STATE, ADAGRAD_GROUP_KEYS, before_step=zero_grads_at(30),
+    )
+
+
+# --- DAdaptSGD ---------------------------------------------------------------------------------------------
+
+
+def test_sgd_parity_defaults():
+    ours, ref, ours_model, ref_model = parity(
+        lambda g: DAdaptSGD(g, lr=0.3), lambda g: dadaptation.DAdaptSGD(g, lr=0.3),
+        SGD_GROUPS, SGD_STATE, SGD_GROUP_KEYS,
+    )
+    # The reference also stores z = x0 - s; ours recomputes it.
+    for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+        z = ours.state[p]["x0"] - ours.state[p]["s"]
+        assert_close(z, ref.state[q]["z"], "z", RTOL, ATOL)
+
+
+def test_sgd_parity_momentum_growth_rate_d0_and_a_zero_gradient_step():
+    kwargs = dict(momentum=0.9, growth_rate=1.05, d0=1e-4)
+    parity(
+        lambda g: DAdaptSGD(g, **kwargs), lambda g: dadaptation.DAdaptSGD(g, **kwargs),
+        SGD_GROUPS, SGD_STATE, SGD_GROUP_KEYS, before_step=zero_grads_at(30),
+    )
+
+
+# --- all-zero gradients ------------------------------------------------------------------------------------
+
+WD_GROUPS = [{"weight_decay": 0.01}, {"weight_decay": 0.01}]
+ZERO_CASES = {
+    # decoupled decay on a skipped step would move the weights; momentum would round them. Coupled
+    # decay makes a zero gradient non-zero (g + wd * p), except for DAdaptSGD's g0, taken without it.
+    "DAdaptAdam": (lambda g: DAdaptAdam(g, decouple=True), dadaptation.DAdaptAdam, dict(decouple=True), WD_GROUPS),
+    "DAdaptAdaGrad": (lambda g: DAdaptAdaGrad(g, momentum=0.9), dadaptation.DAdaptAdaGrad, dict(momentum=0.9),
+                      [{"eps": 1e-6}, {"eps": 1e-8}]),
+    "DAdaptSGD": (lambda g: DAdaptSGD(g, lr=0.3, momentum=0.9), dadaptation.DAdaptSGD, dict(lr=0.3, momentum=0.9),
+                  WD_GROUPS),
+}
+
+
+def _zero_grads(model):
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+def _real_grads(model, tokens, target):
+    for p in model.parameters():
+        p.grad = None
+    torch.mean((model(tokens) - target) ** 2).backward()
+
+
+@pytest.mark.parametrize("name", list(ZERO_CASES))
+def test_all_zero_gradients_change_nothing(name):
+    make_ours, _, _, groups = ZERO_CASES[name]
+    model = make_model()
+    opt = make_ours(two_groups(model, groups))
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        _zero_grads(model)
+        opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b)
+    for group in opt.param_groups:
+        assert int(group["k"]) == 0 and float(group["d"]) == 1e-6
+        sums = ("numerator_weighted", "gsq_weighted", "sksq_weighted", "skl1", "g0_norm")
+        assert all(math.isfinite(_number(group[key])) for key in sums if key in group)
+    tokens, target = batches(1)[0]
+    _real_grads(model, tokens, target)
+    opt.step()
+    assert int(opt.param_groups[0]["k"]) == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("name", ["DAdaptAdam", "DAdaptAdaGrad"])
+def test_all_zero_first_gradients_match_the_reference(name):
+    """The references return early while every gradient so far is zero; so does ours, exactly."""
+    make_ours, reference, kwargs, groups = ZERO_CASES[name]
+    keys = ADAM_GROUP_KEYS if name == "DAdaptAdam" else ADAGRAD_GROUP_KEYS
+    parity(make_ours, lambda g: reference(g, **kwargs), groups, None, keys, steps=40,
+           before_step=zero_grads_at(1, 2, 3))
+
+
+def test_sgd_all_zero_first_gradients_wait_for_the_first_real_one():
+    """The reference divides by the first gradient norm and raises; ours skips such steps, so after
+    them it runs as the reference does from its first real gradient on."""
+    make_ours, reference, kwargs, groups = ZERO_CASES["DAdaptSGD"]
+    ref_model = make_model()
+    ref = reference(two_groups(ref_model, groups), **kwargs)
+    _zero_grads(ref_model)
+    with pytest.raises(ZeroDivisionError):
+        ref.step()
+
+    ours_model, ref_model = make_model(), make_model()
+    ours = make_ours(two_groups(ours_model, groups))
+    ref = reference(two_groups(ref_model, groups), **kwargs)
+    for _ in range(3):
+        _zero_grads(ours_model)
+        ours.step()
+    for step, (tokens, target) in enumerate(batches(40), start=1):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            _real_grads(model, tokens, target)
+            opt.step()
+        for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+            assert_close(p, q, f"step {step}", RTOL, ATOL)
+    compare_groups(ours, ref, SGD_GROUP_KEYS)
+
+
+# --- per-group values the references read from group 0 only: equations ------------------------------------
+
+
+class AdaGradEquations(torch.optim.Optimizer):
+    """D-Adapted AdaGrad dual averaging written out one tensor at a time, with each group's own lr
+    and momentum, and the two running totals recomputed from scratch every step."""
+
+    def __init__(self, groups, d0=1e-6, growth_rate=float("inf")):
+        super().__init__(groups, dict(lr=1.0, momentum=0.0, weight_decay=0.0, eps=1e-6))
+        self.d, self.d0, self.growth_rate, self.grad_sum = d0, d0, growth_rate, 0.0
+
+    @torch.no_grad()
+    def step(self):
+        d = self.d
+        for group in self.param_groups:
+            step_size = d * group["lr"]
+            for p in group["params"]:
+                st = self.state[p]
+                if not st:
+                    st.update(alpha=torch.full_like(p, 1e-6), s=torch.zeros_like(p), x0=p.clone())
+                g = p.grad + group["weight_decay"] * p
+                st["alpha"] += g * g
+                scale = st["alpha"].sqrt() + group["eps"]
+                self.grad_sum += step_size**2 * float((g * g / scale).sum())
+                st["s"] += step_size * g
+        pairs = [(group, self.state[p]) for group in self.param_groups for p in group["params"]]
+        s_sq = sum(float((st["s"] ** 2 / (st["alpha"].sqrt() + group["eps"])).sum()) for group, st in pairs)
+        s_l1 = sum(float(st["s"].abs().sum()) for _, st in pairs)
+        self.d = max(d, min((s_sq - self.grad_sum) / s_l1, d * self.growth_rate))
+        for group in self.param_groups:
+            mu = group["momentum"]
+            for p in group["params"]:
+                st = self.state[p]
+                z = st["x0"] - st["s"] / (st["alpha"].sqrt() + group["eps"])
+                p.copy_(mu * p + (1 - mu) * z)
+
+
+class SGDEquations(torch.optim.Optimizer):
+    """D-Adapted SGD dual averaging written out one tensor at a time, with each group's own weight
+    decay and momentum; g0 is the norm of the first raw gradient."""
+
+    def __init__(self, groups, lr=1.0, d0=1e-6, growth_rate=float("inf")):
+        super().__init__(groups, dict(lr=lr, momentum=0.0, weight_decay=0.0))
+        self.d, self.growth_rate, self.numerator, self.g0 = d0, growth_rate, 0.0, None
+
+    @torch.no_grad()
+    def step(self):
+        params = [(group, p) for group in self.param_groups for p in group["params"]]
+        if self.g0 is None:
+            self.g0 = math.sqrt(sum(float((p.grad**2).sum()) for _, p in params))
+        step_size = self.d * self.param_groups[0]["lr"] / self.g0
+        for group, p in params:
+            st = self.state[p]
+            if not st:
+                st.update(s=torch.zeros_like(p), x0=p.clone())
+            g = p.grad + group["weight_decay"] * p
+            self.numerator += step_size * float((g * st["s"]).sum())
+            st["s"] += step_size * g
+        s_norm = math.sqrt(sum(float((self.state[p]["s"] ** 2).sum()) for _, p in params))
+        self.d = max(self.d, min(2 * self.numerator / s_norm, self.d * self.growth_rate))
+        for group, p in params:
+            mu, st = group["momentum"], self.state[p]
+            p.copy_(mu * p + (1 - mu) * (st["x0"] - st["s"]))
+
+
+def test_adagrad_honours_each_groups_lr_and_momentum():
+    groups = [{"lr": 1.0, "momentum": 0.9, "weight_decay": 0.01}, {"lr": 0.5, "momentum": 0.0, "eps": 1e-8}]
+    ours, equations, _, _ = run_parity(DAdaptAdaGrad, AdaGradEquations, groups, {"alphak": "alpha", "sk": "s", "x0": "x0"},
+                                       steps=60, rtol=RTOL, atol=ATOL)
+    assert math.isclose(float(ours.param_groups[0]["d"]), equations.d, rel_tol=RTOL)
+    # The deviation is real: the reference steps group 1 with group 0's lr and momentum.
+    with pytest.raises(AssertionError):
+        run_parity(DAdaptAdaGrad, dadaptation.DAdaptAdaGrad, groups, steps=5, rtol=RTOL, atol=ATOL)
+
+
+def test_sgd_honours_each_groups_weight_decay_and_momentum():
+    groups = [{"weight_decay": 0.01, "momentum": 0.9}, {"weight_decay": 0.0, "momentum": 0.0}]
+    ours, equations, _, _ = run_parity(lambda g: DAdaptSGD(g, lr=0.3), lambda g: SGDEquations(g, lr=0.3), groups,
+                                       SGD_STATE, steps=60, rtol=RTOL, atol=ATOL)
+    assert math.isclose(float(ours.param_groups[0]["d"]), equations.d, rel_tol=RTOL)
+    assert math.isclose(float(ours.param_groups[0]["g0_norm"]), equations.g0, rel_tol=RTOL)
+    # The deviation is real: the reference decays and averages group 1 with group 0's values.
+    with pytest.raises(AssertionError):
+        run_parity(lambda g: DAdaptSGD(g, lr=0.3), lambda g: dadaptation.DAdaptSGD(g, lr=0.3), groups, steps=5,
+                   rtol=RTOL, atol=ATOL)
