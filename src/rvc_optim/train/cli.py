@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--export-name", metavar="NAME", help="name of the exported small model NAME.pth (default: the run folder's name)")
 
     g = parser.add_argument_group("optimizers (any name `rvc-optim list --available` shows)")
-    g.add_argument("--optimizer", default="AdamW", help="generator optimizer")
+    g.add_argument("--optimizer", default="AdamW", help="generator optimizer (default AdamW, as RVC)")
     g.add_argument("--optimizer-d", metavar="NAME", help="discriminator optimizer (default: same as --optimizer)")
     g.add_argument("--optim-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra constructor argument of the generator optimizer, read as a Python literal "
@@ -76,14 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--betas", type=_floats, metavar="B1,B2", help="betas of both optimizers (default: recommended)")
     g.add_argument("--eps", type=float, help="eps of both optimizers (default: recommended)")
     g.add_argument("--lr-decay", type=float, default=0.999875,
-                   help="gamma of RVC's per-epoch ExponentialLR, applied only to optimizers that want an LR scheduler")
+                   help="gamma of RVC's per-epoch ExponentialLR (default 0.999875), applied only to optimizers whose "
+                        "protocol wants an LR scheduler")
 
     g = parser.add_argument_group("run length and batches")
     g.add_argument("--steps", type=int, help="optimizer steps in total (wins over --epochs)")
     g.add_argument("--epochs", type=int, help="epochs in total (default 20 with --data)")
     g.add_argument("--batch-size", type=int, default=4, help="batch size per process (RVC's default 4)")
-    g.add_argument("--seed", type=int, default=1234, help="seed of the model init, data order and random draws")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--seed", type=int, default=1234, help="seed of the model init, data order and random draws (default 1234, as RVC)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0: load in the training process)")
 
     g = parser.add_argument_group("logging, evaluation, checkpoints")
     g.add_argument("--log-every", type=int, help="log averaged losses every N steps (0: never; default 50, --demo 10)")
@@ -92,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(0: never; default 500, --demo 50)")
     g.add_argument("--save-every", type=int,
                    help="write G_<step>.pth / D_<step>.pth every N steps (0: only at the end; default 1000, --demo 50)")
-    g.add_argument("--keep-last", type=int, default=2, help="keep the newest K checkpoint pairs (0: keep all)")
+    g.add_argument("--keep-last", type=int, default=2, help="keep the newest K checkpoint pairs (default 2; 0: keep all)")
     g.add_argument("--resume", metavar="CKPT",
                    help="continue from 'latest' (newest pair in the run folder), a run folder, or a G_/D_<step>.pth file; "
                         "exact, mid-epoch included; the optimizer settings come from the checkpoint")
@@ -106,11 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("numerics and device")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="fp16: autocast + one GradScaler for both optimizers (CUDA; slow or unsupported on CPUs); "
+                   help="default fp32. fp16: autocast + one GradScaler for both optimizers (CUDA; slow or unsupported on CPUs); "
                         "bf16: autocast without a scaler (use this for mixed precision on a CPU)")
     g.add_argument("--grad-clip", type=float, help="clip each model's total gradient norm to this value (default: no clipping)")
     g.add_argument("--max-skipped", type=int, default=20,
-                   help="stop after this many consecutive steps with a non-finite loss or gradient")
+                   help="stop after this many consecutive steps with a non-finite loss or gradient (default 20)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available); under torchrun cuda:LOCAL_RANK")
 
 
