@@ -3,7 +3,7 @@
 For each optimizer: milliseconds per step (median of repeated steps after warm-up, gradients
 pre-filled, threads fixed), optimizer state in bytes per parameter, and the ratio to its
 memory-traffic floor, calibrated with torch's fused AdamW timed on the same parameters in the same
-run::
+run, each timed step interleaved with a fused-AdamW step so both see the same machine load::
 
     ratio = (t_opt / t_fused_adamw) * 28 / bytes_per_param(opt)
 
@@ -99,29 +99,51 @@ class BenchResult:
     first_step_s: float
     state_bytes: float
     traffic_bytes: float
-    ratio: float = float("nan")
+    ratio: float
 
 
-def time_optimizer(label: str, name: str, params: list[torch.nn.Parameter], set_name: str,
-                   repeats: int, warmup: int, **kwargs) -> BenchResult:
+def _build(name: str, params: list[torch.nn.Parameter], **kwargs) -> torch.optim.Optimizer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optimizer = create_optimizer(name, params, **kwargs)
     if optimizer_info(name).protocol.train_eval:
         optimizer.train()
+    return optimizer
+
+
+def _timed_step(optimizer: torch.optim.Optimizer) -> float:
     start = time.perf_counter()
-    optimizer.step()  # creates state; compiles where compiled
-    first = time.perf_counter() - start
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def _copy(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    with torch.no_grad():
+        local = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        for p, src in zip(local, params):
+            p.grad = src.grad.clone()
+    return local
+
+
+def time_optimizer(label: str, name: str, params: list[torch.nn.Parameter], set_name: str,
+                   repeats: int, warmup: int, baseline: torch.optim.Optimizer, **kwargs) -> BenchResult:
+    """Time ``name`` on its own copy of ``params``, interleaving each timed step with one step of the
+    fused-AdamW ``baseline`` so that both see the same machine load; the ratio uses the two medians."""
+    local = _copy(params)
+    optimizer = _build(name, local, **kwargs)
+    first = _timed_step(optimizer)  # creates state; compiles where compiled
     for _ in range(warmup):
         optimizer.step()
-    times = []
+    times, base_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    result = BenchResult(label, set_name, 1000 * statistics.median(times), first,
-                         state_bytes_per_param(optimizer, params), bytes_per_param(optimizer, params))
-    del optimizer
+        times.append(_timed_step(optimizer))
+        base_times.append(_timed_step(baseline))
+    ms, base_ms = 1000 * statistics.median(times), 1000 * statistics.median(base_times)
+    traffic = bytes_per_param(optimizer, local)
+    result = BenchResult(label, set_name, ms, first, state_bytes_per_param(optimizer, local), traffic,
+                         ratio=(ms / base_ms) * FUSED_ADAMW_BYTES / traffic)
+    del optimizer, local
+    gc.collect()
     return result
 
 
@@ -131,7 +153,9 @@ def run(names: list[str], sets: list[str], repeats: int, warmup: int, threads: i
     results: list[BenchResult] = []
     for set_name in sets:
         params = make_parameters(set_name)
-        baseline_ms = None
+        baseline = _build("AdamW", _copy(params), fused=True)
+        for _ in range(warmup + 1):
+            baseline.step()
         rows: list[tuple[str, str, dict]] = [("AdamW", label, kw) for label, kw in BASELINES.items()]
         for name in names:
             info = optimizer_info(name)
@@ -151,20 +175,11 @@ def run(names: list[str], sets: list[str], repeats: int, warmup: int, threads: i
             elif name != "AdamW":
                 rows.append((name, name, extra))
         for name, label, kwargs in rows:
-            # Fresh copies so every optimizer steps the same values.
-            with torch.no_grad():
-                local = [torch.nn.Parameter(p.detach().clone()) for p in params]
-                for p, src in zip(local, params):
-                    p.grad = src.grad.clone()
-            result = time_optimizer(label, name, local, set_name, repeats, warmup, **kwargs)
-            if label == "AdamW (fused)":
-                baseline_ms = result.ms
-            result.ratio = (result.ms / baseline_ms) * FUSED_ADAMW_BYTES / result.traffic_bytes
+            result = time_optimizer(label, name, params, set_name, repeats, warmup, baseline, **kwargs)
             results.append(result)
-            print(f"  {set_name:13s} {label:32s} {result.ms:9.1f} ms  ratio {result.ratio:5.2f}", flush=True)
-            del local
-            gc.collect()
-        del params
+            print(f"  {set_name:13s} {label:32s} {result.ms:9.1f} ms  ratio {result.ratio:5.2f}"
+                  f"  (first step {result.first_step_s:.1f} s)", flush=True)
+        del params, baseline
         gc.collect()
     return results
 
