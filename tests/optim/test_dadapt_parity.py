@@ -19,6 +19,7 @@ in those runs; the other switches run at the authors' lr=1.0 where that is stabl
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -343,3 +344,146 @@ def test_sgd_honours_each_groups_weight_decay_and_momentum():
     with pytest.raises(AssertionError):
         run_parity(lambda g: DAdaptSGD(g, lr=0.3), lambda g: dadaptation.DAdaptSGD(g, lr=0.3), groups, steps=5,
                    rtol=RTOL, atol=ATOL)
+
+
+# --- groups, protocol and bookkeeping ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [DAdaptAdam, DAdaptSGD])
+def test_one_lr_across_groups(cls):
+    model = make_model()
+    with pytest.raises(ValueError, match=r"\blr\b"):
+        cls(two_groups(model, [{"lr": 1.0}, {"lr": 0.5}]))
+    opt = cls(two_groups(model, [{"lr": 1.0}, {"lr": 1.0}]))
+    opt.param_groups[1]["lr"] = 0.5  # e.g. a scheduler that treats groups differently
+    tokens, target = batches(1)[0]
+    _real_grads(model, tokens, target)
+    with pytest.raises(ValueError, match=r"\blr\b"):
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [DAdaptAdam, DAdaptAdaGrad, DAdaptSGD])
+def test_lr_zero_freezes_a_group(cls):
+    model = make_model()
+    kwargs = {"decouple": True} if cls is DAdaptAdam else {"momentum": 0.9}
+    opt = cls(two_groups(model, [{"weight_decay": 0.01}, {"lr": 0.0, "weight_decay": 0.01}]), **kwargs)
+    frozen = opt.param_groups[1]["params"]
+    before = [p.detach().clone() for p in frozen]
+    for tokens, target in batches(5):
+        _real_grads(model, tokens, target)
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(frozen, before))
+    assert all(not opt.state.get(p) for p in frozen)
+    assert all(opt.state.get(p) for p in opt.param_groups[0]["params"])
+
+
+def test_adam_reference_moves_a_frozen_group_with_decoupled_decay():
+    """Why ours skips lr=0 groups entirely: the reference still applies decoupled decay to them."""
+    model = make_model()
+    ref = dadaptation.DAdaptAdam(two_groups(model, [{"weight_decay": 0.01}, {"lr": 0.0, "weight_decay": 0.01}]),
+                                 decouple=True)
+    frozen = ref.param_groups[1]["params"]
+    before = [p.detach().clone() for p in frozen]
+    for tokens, target in batches(5):
+        _real_grads(model, tokens, target)
+        ref.step()
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(frozen, before))
+
+
+def test_log_every_logs_through_logging_and_never_prints(caplog, capsys):
+    model = make_model()
+    for opt in (DAdaptAdam(model.parameters(), log_every=2), DAdaptAdaGrad(model.parameters(), log_every=2),
+                DAdaptSGD(model.parameters(), log_every=2)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="rvc_optim.optim.dadapt"):
+            for tokens, target in batches(4):
+                _real_grads(model, tokens, target)
+                opt.step()
+        records = [r for r in caplog.records if r.name == "rvc_optim.optim.dadapt"]
+        assert len(records) == 2 and " d " in records[0].getMessage()
+    assert capsys.readouterr().out == ""
+
+
+STEP_CASES = {
+    "DAdaptAdam": lambda params: DAdaptAdam(params, decouple=True, use_bias_correction=True, weight_decay=0.01),
+    "DAdaptAdaGrad": lambda params: DAdaptAdaGrad(params, momentum=0.9, weight_decay=0.01),
+    "DAdaptSGD": lambda params: DAdaptSGD(params, momentum=0.9, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("name", list(STEP_CASES))
+def test_step_reads_nothing_back_from_the_device(name, monkeypatch):
+    """d, its max/min and the early return stay on the device: a step calls none of the
+    tensor-to-Python conversions (each is a host synchronisation on an accelerator)."""
+    model = make_model()
+    opt = STEP_CASES[name](model.parameters())
+    data = batches(4)
+    for tokens, target in data[:2]:  # state exists and group values are tensors from here on
+        _real_grads(model, tokens, target)
+        opt.step()
+
+    def host_sync(*args, **kwargs):
+        raise AssertionError("host synchronisation in step()")
+
+    for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, method, host_sync)
+    for tokens, target in data[2:]:
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    monkeypatch.undo()
+    assert int(opt.param_groups[0]["k"]) == 4
+
+
+@pytest.mark.parametrize("cls", [DAdaptAdam, DAdaptSGD])
+def test_fsdp_in_use_sums_over_the_process_group(cls, tmp_path):
+    """With one process the all-reduce is the identity: the same numbers as without it."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        results = []
+        for fsdp in (False, True):
+            model = make_model()
+            opt = cls(two_groups(model, SGD_GROUPS), lr=0.3, fsdp_in_use=fsdp)
+            for tokens, target in batches(10):
+                _real_grads(model, tokens, target)
+                opt.step()
+            results.append([p.detach().clone() for p in model.parameters()])
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "ours_cls, ref_cls, kwargs, state_keys, group_keys",
+    [
+        (DAdaptAdam, dadaptation.DAdaptAdam, dict(lr=0.1), ADAM_STATE, ADAM_GROUP_KEYS),
+        (DAdaptAdaGrad, dadaptation.DAdaptAdaGrad, {}, ADAGRAD_STATE, ADAGRAD_GROUP_KEYS),
+        (DAdaptSGD, dadaptation.DAdaptSGD, dict(lr=0.3), SGD_STATE, SGD_GROUP_KEYS),
+    ],
+    ids=["DAdaptAdam", "DAdaptAdaGrad", "DAdaptSGD"],
+)
+def test_resumes_from_a_reference_state_dict(ours_cls, ref_cls, kwargs, state_keys, group_keys):
+    """Switching by changing the import: a run saved by dadaptation (Python floats and ints for d, k,
+    step) continues in ours as it would have continued in the reference."""
+    data = batches(30)
+    groups = ADAM_GROUPS if ours_cls is DAdaptAdam else ADAGRAD_GROUPS if ours_cls is DAdaptAdaGrad else SGD_GROUPS
+    ref_model = make_model()
+    ref = ref_cls(two_groups(ref_model, groups), **kwargs)
+    for tokens, target in data[:10]:
+        _real_grads(ref_model, tokens, target)
+        ref.step()
+    ours_model = make_model()
+    ours_model.load_state_dict(ref_model.state_dict())
+    ours = ours_cls(two_groups(ours_model, groups), **kwargs)
+    ours.load_state_dict(copy.deepcopy(ref.state_dict()))  # as if saved: shares no tensor with ref
+    for step, (tokens, target) in enumerate(data[10:], start=11):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            _real_grads(model, tokens, target)
+            opt.step()
+        for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+            assert_close(p, q, f"step {step}", RTOL, ATOL)
+    compare_groups(ours, ref, group_keys)
