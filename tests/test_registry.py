@@ -211,3 +211,24 @@ def test_every_class_importable_by_registry_name():
             with pytest.raises(NotImplementedYet):
                 getattr(rvc_optim, record.name)
     assert inspect.isclass(rvc_optim.AdamW)
+
+
+def test_register_and_unregister_an_optimizer_of_your_own():
+    from dataclasses import replace
+
+    from rvc_optim.registry import register, unregister
+
+    record = replace(optimizer_info("SGD"), name="MySGD", aliases=("my-sgd-alias",))
+    register(record)
+    try:
+        assert optimizer_info("mysgd") is record and optimizer_info("my sgd alias") is record
+        assert list_optimizers()[-1] == "MySGD"
+        assert isinstance(create_optimizer("MySGD", [nn.Parameter(torch.zeros(2))]), torch.optim.SGD)
+        with pytest.raises(ValueError, match="already registered"):
+            register(record)
+    finally:
+        unregister("MySGD")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        optimizer_info("MySGD")
+    with pytest.raises(ValueError, match="catalog"):
+        unregister("AdamW")

@@ -31,7 +31,9 @@ __all__ = [
     "normalize_name",
     "optimizer_info",
     "param_groups_weight_decay",
+    "register",
     "resolve_name",
+    "unregister",
 ]
 
 # Parameter names that never get weight decay, whatever their shape.
@@ -57,6 +59,34 @@ def _build_index() -> dict[str, OptimizerInfo]:
 
 _INDEX = _build_index()
 _BY_NAME = {record.name: record for record in RECORDS}
+_REGISTERED: list[OptimizerInfo] = []  # records added at run time, after the catalog's 43
+
+
+def register(record: OptimizerInfo) -> None:
+    """Add an optimizer of your own (a plugin, or a stand-in in a test) to the registry.
+
+    Its name and aliases must not resolve to a registered optimizer already. It is listed after the
+    catalog's records and works with every function here and with the training engine.
+    """
+    keys = [normalize_name(k) for k in (record.name, *record.aliases)]
+    for key in keys:
+        if key in _INDEX:
+            raise ValueError(f"{key!r} is already registered as {_INDEX[key].name}")
+    for key in keys:
+        _INDEX[key] = record
+    _BY_NAME[record.name] = record
+    _REGISTERED.append(record)
+
+
+def unregister(name: str) -> None:
+    """Remove a record added with :func:`register` (the catalog's own cannot be removed)."""
+    record = optimizer_info(name)
+    if record not in _REGISTERED:
+        raise ValueError(f"{record.name} is part of the catalog and cannot be unregistered")
+    _REGISTERED.remove(record)
+    del _BY_NAME[record.name]
+    for key in [k for k, v in _INDEX.items() if v is record]:
+        del _INDEX[key]
 
 
 def resolve_name(name: str) -> str:
@@ -85,7 +115,7 @@ def list_optimizers(
 ) -> list[str]:
     """Registry names in the guide's order, optionally filtered (an unknown category is an error)."""
     if category is not None:
-        categories = {normalize_name(r.category): r.category for r in RECORDS}
+        categories = {normalize_name(r.category): r.category for r in (*RECORDS, *_REGISTERED)}
         if normalize_name(category) not in categories:
             close = difflib.get_close_matches(normalize_name(category), list(categories), n=3, cutoff=0.5)
             known = ", ".join(sorted(set(categories.values())))
@@ -94,7 +124,7 @@ def list_optimizers(
     if min_rating is not None and not 0.0 <= min_rating <= 5.0:
         raise ValueError(f"min_rating must be between 0 and 5, got {min_rating}")
     out = []
-    for record in RECORDS:
+    for record in (*RECORDS, *_REGISTERED):
         if category is not None and normalize_name(record.category) != normalize_name(category):
             continue
         if min_rating is not None and record.rating < min_rating:

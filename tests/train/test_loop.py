@@ -181,8 +181,7 @@ STAND_IN = OptimizerInfo(
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    monkeypatch.setitem(registry._INDEX, registry.normalize_name(STAND_IN.name), STAND_IN)
-    monkeypatch.setitem(registry._BY_NAME, STAND_IN.name, STAND_IN)
+    registry.register(STAND_IN)
     StandIn.calls = []
     given = []
     real = optim_setup.create_optimizer
@@ -192,7 +191,8 @@ def stand_in(monkeypatch):
         return real(name, params, **kw)
 
     monkeypatch.setattr(optim_setup, "create_optimizer", spy)
-    return given
+    yield given
+    registry.unregister(STAND_IN.name)
 
 
 @pytest.mark.filterwarnings(r"ignore:Using backward\(\) with create_graph=True")
