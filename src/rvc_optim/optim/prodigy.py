@@ -34,7 +34,7 @@ the max/min of the d rule and the reference's early return are ``torch.where``, 
 host synchronisation. The step that creates state makes one (``p.any()`` for all new parameters at
 once, to store the reference's 0-d ``p0`` for all-zero parameters).
 
-Deviations from the reference (each inert in the parity tests, tested against equations instead):
+Deviations from the reference (each inert in the parity tests; the behavioural ones have tests of their own):
 
 * A group with lr 0 is frozen. The reference still applies decoupled weight decay with the global
   dlr to it and, with beta1 = 0, a full step ``dlr * g / eps``; ours leaves it untouched (its state is
