@@ -136,7 +136,10 @@ ADABELIEF_PAPER = Paper(
 
 # --- protocols shared by several records -------------------------------------------------------------
 SCHEDULE_FREE_PROTOCOL = Protocol(owns_schedule=True, train_eval=True)
-D_ADAPT_SYNC = "d: two global sums per step decide the step size; kept on the device where possible"
+D_ADAPT_SYNC = (
+    "d: the global sums that decide the step size are reduced on the device and d stays there "
+    "(the step that creates state reads once which parameters are all zero)"
+)
 
 
 def _torch(name: str) -> str:
@@ -375,7 +378,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             lr_role="multiplier",
             owns_schedule=True,
             scheduler_allowed_with="safeguard_warmup=True",
-            host_syncs_per_step=1,
+            host_syncs_per_step=0,
             host_sync_reason=D_ADAPT_SYNC,
             single_lr=True,
         ),
