@@ -13,9 +13,12 @@ distance from below::
 
 Two global sums per step (the numerator and the size of ``s``) decide ``d``. Here they are taken with
 multi-tensor ops into 0-d tensors and ``d`` stays on the device: the max/min and the references'
-"nothing to do yet" early return are ``torch.where``s, so a step makes no host synchronisation. Every
-update therefore runs in two passes: statistics (moments, ``s`` and the chunk's share of the global
-sums), then, once the sums are complete, the parameter update.
+"nothing to do yet" early return are ``torch.where``s, so a step makes no host synchronisation (the
+references read 2 to 5 scalars back per parameter per step). Every update therefore runs in two
+passes: statistics (moments, ``s`` and each chunk's share of the global sums), then, once the sums
+are complete, the parameter update. The early return happens only while every gradient so far has
+been zero; then ``s`` and the moments are exactly zero, and the skipped step is a factor 0/1 in the
+per-step scalars (decoupled decay, iterate averaging, counters), not a branch.
 
 Group values (``d``, ``k``, ``numerator_weighted`` and the like) live in the param groups as 0-d
 tensors on the parameters' device (float64), so ``state_dict()`` carries them; ``float(group["d"])``
@@ -65,6 +68,10 @@ __all__ = [
     "dadapt_adam_statistics",
     "dadapt_sgd_apply",
     "dadapt_sgd_statistics",
+    "foreach_abs_sums",
+    "foreach_dot",
+    "foreach_square_sum",
+    "foreach_sums_of_nonnegative",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,19 +85,38 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def foreach_sum(tensors: list[Tensor]) -> Tensor:
-    """The signed sum of every element of every tensor, as one 0-d tensor.
+def _on_cpu(tensors: list[Tensor]) -> bool:
+    # On the CPU a kernel launch costs nothing, so a per-tensor reduction beats building temporaries.
+    return tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64)
 
-    torch has no multi-tensor signed sum (``_foreach_norm``/``_foreach_powsum`` take absolute values),
-    so the tensors are laid end to end (one ``cat``) and summed once.
+
+def foreach_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """``sum_i <a_i, b_i>`` over the two lists, as one 0-d tensor.
+
+    torch has no multi-tensor signed sum (``_foreach_norm``/``_foreach_powsum`` take absolute
+    values). On accelerators: one multi-tensor multiply, the products laid end to end (one ``cat``)
+    and one reduction: three launches whatever the number of tensors. On the CPU: one fused ``dot``
+    per tensor, with no temporaries.
     """
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    return flat.sum(dtype=accumulation_dtype(flat.dtype))
+    acc = accumulation_dtype(a[0].dtype)
+    if _on_cpu(a):
+        return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).sum(dtype=acc)
+    products = torch._foreach_mul(a, b)
+    return torch.cat([t.reshape(-1) for t in products]).sum(dtype=acc)
 
 
 def foreach_abs_sums(tensors: list[Tensor]) -> Tensor:
     """``[sum |t| for t in tensors]`` as one 1-d tensor (one multi-tensor reduction)."""
     return torch.stack(torch._foreach_norm(tensors, 1, dtype=accumulation_dtype(tensors[0].dtype)))
+
+
+def foreach_sums_of_nonnegative(tensors: list[Tensor]) -> Tensor:
+    """``[sum t for t in tensors]`` as one 1-d tensor, for tensors with no negative entry: their L1
+    norms, one multi-tensor reduction (on the CPU, where ord-1 norms are slow, plain sums)."""
+    if _on_cpu(tensors):
+        acc = accumulation_dtype(tensors[0].dtype)
+        return torch.stack([t.sum(dtype=acc) for t in tensors])
+    return foreach_abs_sums(tensors)
 
 
 def foreach_square_sum(tensors: list[Tensor]) -> Tensor:
@@ -128,9 +154,7 @@ def dadapt_adam_statistics(
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
-    weighted_s = torch._foreach_div(s, denom)
-    torch._foreach_mul_(weighted_s, grads)
-    numerator = foreach_sum(weighted_s)
+    numerator = foreach_dot(grads, torch._foreach_div(s, denom))
 
     torch._foreach_mul_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, exp_avg_rate))
@@ -155,15 +179,14 @@ def dadapt_adam_apply(
     """DAdaptAdam's second pass: ``p <- p * (1 - wd * dlr)`` (decoupled decay), ``p <- p - m / (sqrt(v) + eps)``.
 
     ``m`` already carries the ``dlr`` of the step that added each gradient. ``proceed`` is 1, or 0
-    on a step with nothing to do yet (then ``decay_factor`` is 1 too and nothing moves).
+    on a step with nothing to do yet (every gradient so far zero): then ``decay_factor`` is 1, ``m``
+    is exactly zero, nothing moves and the step counters stay.
     """
     if decoupled:
         torch._foreach_mul_(params, decay_factor)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
-    update = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_mul_(update, proceed)
-    torch._foreach_sub_(params, update)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-1.0)
     torch._foreach_add_(steps, [proceed] * len(steps))  # the list form: all 0-d, and torch.compile traces it
 
 
@@ -187,7 +210,7 @@ def dadapt_adagrad_statistics(
     torch._foreach_add_(denom, eps)
     weighted_s_sq = torch._foreach_mul(s, s)
     torch._foreach_div_(weighted_s_sq, denom)
-    old_s_sq = foreach_abs_sums(weighted_s_sq)  # entries are >= 0: their L1 norm is their sum
+    old_s_sq = foreach_sums_of_nonnegative(weighted_s_sq)
     old_s_l1 = foreach_abs_sums(s)
 
     grad_sq = torch._foreach_mul(grads, grads)
@@ -195,12 +218,12 @@ def dadapt_adagrad_statistics(
     denom = torch._foreach_sqrt(alphas)
     torch._foreach_add_(denom, eps)
     torch._foreach_div_(grad_sq, denom)
-    weighted_grad_sq = foreach_abs_sums(grad_sq).sum()
+    weighted_grad_sq = foreach_sums_of_nonnegative(grad_sq).sum()
 
     torch._foreach_add_(s, torch._foreach_mul(grads, dlr))
     weighted_s_sq = torch._foreach_mul(s, s)
     torch._foreach_div_(weighted_s_sq, denom)
-    s_sq_change = (foreach_abs_sums(weighted_s_sq) - old_s_sq).sum()
+    s_sq_change = (foreach_sums_of_nonnegative(weighted_s_sq) - old_s_sq).sum()
     s_l1_change = (foreach_abs_sums(s) - old_s_l1).sum()
     return weighted_grad_sq, s_sq_change, s_l1_change
 
@@ -214,17 +237,26 @@ def dadapt_adagrad_apply(
     keep: Tensor,
     weight: Tensor,
     eps: float,
+    average: bool,
 ) -> None:
     """DAdaptAdaGrad's second pass (dual averaging): ``z = x0 - s / (sqrt(alpha) + eps)``, then
-    ``p <- keep * p + weight * z`` with ``weight = 1 - momentum`` and ``keep = 1 - weight`` (``p = z``
-    without momentum), or ``weight = 0, keep = 1`` on a step with nothing to do yet."""
+    ``p <- z``, or with momentum (``average``) ``p <- keep * p + weight * z`` with
+    ``weight = 1 - momentum`` and ``keep = 1 - weight``, or ``weight = 0, keep = 1`` on a step with
+    nothing to do yet (every gradient so far zero, so ``s = 0`` and ``z = x0 = p``)."""
     denom = torch._foreach_sqrt(alphas)
     torch._foreach_add_(denom, eps)
     z = torch._foreach_div(s, denom)
     z = torch._foreach_sub(x0, z)
-    torch._foreach_mul_(params, keep)
-    torch._foreach_mul_(z, weight)
-    torch._foreach_add_(params, z)
+    _average_into(params, z, keep, weight, average)
+
+
+def _average_into(params: list[Tensor], z: list[Tensor], keep: Tensor, weight: Tensor, average: bool) -> None:
+    if average:
+        torch._foreach_mul_(params, keep)
+        torch._foreach_mul_(z, weight)
+        torch._foreach_add_(params, z)
+    else:
+        torch._foreach_copy_(params, z)
 
 
 def dadapt_sgd_statistics(
@@ -239,7 +271,7 @@ def dadapt_sgd_statistics(
     caller weights it by ``dlr``), updates ``s += dlr * g`` and returns ``sum s**2`` after it."""
     if weight_decay != 0.0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    numerator = foreach_sum(torch._foreach_mul(grads, s))
+    numerator = foreach_dot(grads, s)
     torch._foreach_add_(s, torch._foreach_mul(grads, dlr))
     return numerator, foreach_square_sum(s)
 
@@ -251,13 +283,12 @@ def dadapt_sgd_apply(
     *,
     keep: Tensor,
     weight: Tensor,
+    average: bool,
 ) -> None:
-    """DAdaptSGD's second pass (dual averaging): ``z = x0 - s``, ``p <- keep * p + weight * z`` as
-    in :func:`dadapt_adagrad_apply`."""
+    """DAdaptSGD's second pass (dual averaging): ``z = x0 - s``, then ``p <- z`` or, with momentum,
+    ``p <- keep * p + weight * z`` as in :func:`dadapt_adagrad_apply`."""
     z = torch._foreach_sub(x0, s)
-    torch._foreach_mul_(params, keep)
-    torch._foreach_mul_(z, weight)
-    torch._foreach_add_(params, z)
+    _average_into(params, z, keep, weight, average)
 
 
 # --- shared machinery of the three classes ------------------------------------------------------------
@@ -349,7 +380,8 @@ class _DAdaptBase(Optimizer):
         return chunks
 
     def _on_fsdp_param(self, group: dict[str, Any]) -> None:
-        group["fsdp_in_use"] = True
+        for each in self.param_groups:  # the flag is read from the first group
+            each["fsdp_in_use"] = True
 
     # -- group scalars ----------------------------------------------------------------------------------
 
@@ -665,7 +697,7 @@ class DAdaptAdaGrad(_DAdaptBase):
             weight = (1 - group["momentum"]) * step_scale
             self._apply(
                 p, alpha, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight), eps=group["eps"],
-                device_type=chunk.device.type,
+                average=group["momentum"] != 0, device_type=chunk.device.type,
             )
 
         if log:
@@ -815,7 +847,7 @@ class DAdaptSGD(_DAdaptBase):
             p, _, s, x0 = chunk.lists
             weight = (1 - group["momentum"]) * step_scale
             self._apply(p, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight),
-                        device_type=chunk.device.type)
+                        average=group["momentum"] != 0, device_type=chunk.device.type)
 
         if log:
             logger.info(
