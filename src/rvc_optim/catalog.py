@@ -614,7 +614,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         protocol=Protocol(
             lr_role="multiplier",
             owns_schedule=True,
-            host_syncs_per_step=1,
+            host_syncs_per_step=0,
             host_sync_reason=D_ADAPT_SYNC,
             single_lr=True,
         ),
@@ -823,9 +823,9 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         protocol=Protocol(
             lr_role="multiplier",
             owns_schedule=True,
-            host_syncs_per_step=1,
+            host_syncs_per_step=0,
             host_sync_reason=D_ADAPT_SYNC,
-            single_group_hparams=("lr",),
+            single_group_hparams=("lr", "momentum"),
         ),
         aliases=("dadaptation-adagrad",),
         test_settings={"d0": 1e-3},
@@ -1116,15 +1116,15 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Rarely for RVC; SGD-family steps suit GAN training poorly. lr 1.0; the recommended momentum "
             "0.9 is a common choice, not the authors' default of 0."
         ),
-        state="z, s, x0: 3x params",
+        state="s, x0: 2x params (z = x0 - s is not stored)",
         recommended={"lr": 1.0, "momentum": 0.9},
         protocol=Protocol(
             lr_role="multiplier",
             owns_schedule=True,
-            host_syncs_per_step=1,
+            host_syncs_per_step=0,
             host_sync_reason=D_ADAPT_SYNC,
             single_lr=True,
-            single_group_hparams=("weight_decay",),
+            single_group_hparams=("weight_decay", "momentum"),
         ),
         aliases=("dadaptation-sgd",),
     ),
