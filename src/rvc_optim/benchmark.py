@@ -24,6 +24,7 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -102,13 +103,21 @@ class BenchResult:
     ratio: float
 
 
-def _build(name: str, params: list[torch.nn.Parameter], **kwargs) -> torch.optim.Optimizer:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimizer = create_optimizer(name, params, **kwargs)
-    if optimizer_info(name).protocol.train_eval:
-        optimizer.train()
-    return optimizer
+Builder = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def registry_builder(name: str, **kwargs) -> Builder:
+    """Build ``name`` through the registry (its recommended settings), in training mode."""
+
+    def build(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = create_optimizer(name, params, **kwargs)
+        if optimizer_info(name).protocol.train_eval:
+            optimizer.train()
+        return optimizer
+
+    return build
 
 
 def _timed_step(optimizer: torch.optim.Optimizer) -> float:
@@ -125,12 +134,12 @@ def _copy(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
     return local
 
 
-def time_optimizer(label: str, name: str, params: list[torch.nn.Parameter], set_name: str,
-                   repeats: int, warmup: int, baseline: torch.optim.Optimizer, **kwargs) -> BenchResult:
-    """Time ``name`` on its own copy of ``params``, interleaving each timed step with one step of the
-    fused-AdamW ``baseline`` so that both see the same machine load; the ratio uses the two medians."""
+def time_optimizer(label: str, build: Builder, params: list[torch.nn.Parameter], set_name: str,
+                   repeats: int, warmup: int, baseline: torch.optim.Optimizer) -> BenchResult:
+    """Time one optimizer on its own copy of ``params``, interleaving each timed step with one step of
+    the fused-AdamW ``baseline`` so that both see the same machine load; the ratio uses the two medians."""
     local = _copy(params)
-    optimizer = _build(name, local, **kwargs)
+    optimizer = build(local)
     first = _timed_step(optimizer)  # creates state; compiles where compiled
     for _ in range(warmup):
         optimizer.step()
@@ -147,37 +156,40 @@ def time_optimizer(label: str, name: str, params: list[torch.nn.Parameter], set_
     return result
 
 
-def run(names: list[str], sets: list[str], repeats: int, warmup: int, threads: int,
-        compiled: str, settings: dict | None = None) -> list[BenchResult]:
+def registry_rows(names: list[str], compiled: str) -> list[tuple[str, Builder]]:
+    """The rows for registry optimizers: eager and/or compiled where the class has a compiled update."""
+    rows: list[tuple[str, Builder]] = [(label, registry_builder("AdamW", **kw)) for label, kw in BASELINES.items()]
+    for name in names:
+        info = optimizer_info(name)
+        if not info.available:
+            print(f"  skipping {name}: not implemented yet")
+            continue
+        extra = {"num_iterations": 1000} if info.protocol.run_length is not None else {}
+        if info.capabilities.compiled:
+            modes = {"0": [False], "1": [True], "both": [False, True]}.get(compiled, [None])
+            for mode in modes:
+                tag = {False: "eager", True: "compiled", None: "auto"}[mode]
+                rows.append((f"{name} ({tag})", registry_builder(name, **extra, compiled=mode)))
+        elif name != "AdamW":
+            label = f"{name} (fused)" if info.capabilities.fused else name
+            rows.append((label, registry_builder(name, **extra)))
+    return rows
+
+
+def run(rows: list[tuple[str, Builder]], sets: list[str], repeats: int, warmup: int,
+        threads: int) -> list[BenchResult]:
+    """Time every row on every parameter set; rows are ``(label, builder)``."""
     torch.set_num_threads(threads)
     results: list[BenchResult] = []
     for set_name in sets:
         params = make_parameters(set_name)
-        baseline = _build("AdamW", _copy(params), fused=True)
+        baseline = registry_builder("AdamW", fused=True)(_copy(params))
         for _ in range(warmup + 1):
             baseline.step()
-        rows: list[tuple[str, str, dict]] = [("AdamW", label, kw) for label, kw in BASELINES.items()]
-        for name in names:
-            info = optimizer_info(name)
-            if not info.available:
-                print(f"  skipping {name}: not implemented yet")
-                continue
-            extra = dict(settings or {})
-            if info.protocol.run_length is not None:
-                extra.setdefault("num_iterations", 1000)
-            if info.capabilities.compiled:
-                modes = {"0": [False], "1": [True], "both": [False, True]}.get(compiled, [None])
-                for mode in modes:
-                    tag = {False: "eager", True: "compiled", None: "auto"}[mode]
-                    rows.append((name, f"{name} ({tag})", {**extra, "compiled": mode}))
-            elif info.capabilities.fused and name != "AdamW":
-                rows.append((name, f"{name} (fused)", extra))
-            elif name != "AdamW":
-                rows.append((name, name, extra))
-        for name, label, kwargs in rows:
-            result = time_optimizer(label, name, params, set_name, repeats, warmup, baseline, **kwargs)
+        for label, build in rows:
+            result = time_optimizer(label, build, params, set_name, repeats, warmup, baseline)
             results.append(result)
-            print(f"  {set_name:13s} {label:32s} {result.ms:9.1f} ms  ratio {result.ratio:5.2f}"
+            print(f"  {set_name:13s} {label:40s} {result.ms:9.1f} ms  ratio {result.ratio:5.2f}"
                   f"  (first step {result.first_step_s:.1f} s)", flush=True)
         del params, baseline
         gc.collect()
@@ -208,7 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="also write the markdown table to this file")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace, extra_rows: list[tuple[str, Builder]] | None = None) -> int:
     if args.quick:
         names = args.optimizers if args.optimizers is not None else [n for n in ("Lion",) if optimizer_info(n).available]
         sets = args.sets or ["generator"]
@@ -220,7 +232,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         repeats, warmup, compiled = args.repeats or 10, args.warmup or 3, args.compiled
     names = [optimizer_info(n).name for n in names]
     print(f"torch {torch.__version__}, {args.threads} threads, sets {', '.join(sets)}")
-    results = run(names, sets, repeats, warmup, args.threads, compiled)
+    rows = registry_rows(names, compiled) + list(extra_rows or [])
+    results = run(rows, sets, repeats, warmup, args.threads)
     table = format_table(results)
     print()
     print(table)

@@ -29,7 +29,8 @@ def test_switch_reads_the_environment(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "1")
     assert resolve_compiled(None) is compile_available("cpu")
     monkeypatch.setenv(ENV_VAR, "auto")
-    assert resolve_compiled(None) is compile_available("cpu")
+    assert resolve_compiled(None, "cpu") is False  # opt-in on CPU: compiling takes minutes there
+    assert resolve_compiled(None, "cuda") is compile_available("cuda")
     assert resolve_compiled(False) is False
     monkeypatch.setenv(ENV_VAR, "sometimes")
     with pytest.raises(ValueError, match=ENV_VAR):
