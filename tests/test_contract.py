@@ -22,7 +22,7 @@ from tests.contract_models import ContractNet, loss_fn, make_task
 # Registered optimizers without an implementation are the groups B, C and D of REFERENCES.md
 # (Adam variants, layer-wise, momentum, memory-saving, matrix and curvature methods); each is
 # implemented by its own issue, and becomes a passing case here by existing.
-PENDING_REASON = "registered, implementation not written yet (awaits its implementation issue)"
+PENDING_REASON = "registered by issue #8, not implemented yet (its implementation issue comes later)"
 
 
 def _params(record: OptimizerInfo):

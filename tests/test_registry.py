@@ -16,7 +16,7 @@ from rvc_optim import create_optimizer, get_optimizer_class, list_optimizers, op
 from rvc_optim.capabilities import capabilities_of, constructor_parameters
 from rvc_optim.catalog import GOALS, RECORDS
 from rvc_optim.records import NotImplementedYet
-from rvc_optim.registry import normalize_name, param_groups_weight_decay
+from rvc_optim.registry import param_groups_weight_decay
 from tests.contract_models import ContractNet
 
 GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "optimizer-guide.txt"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import torch

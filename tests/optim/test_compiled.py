@@ -9,7 +9,6 @@ parametrised test over every optimizer with a compiled update, on three small te
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

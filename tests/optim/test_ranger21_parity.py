@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from rvc_optim.optim.ranger21 import Ranger21
 from tests.optim.parity import batches, make_model, run_parity, two_groups
 
-ranger21_reference = pytest.importorskip("ranger21")
+import ranger21 as ranger21_reference  # noqa: E402  (a test dependency: missing means a broken install)
+
 ReferenceRanger21 = ranger21_reference.Ranger21
 
 LR = 1e-2

@@ -33,7 +33,7 @@ from rvc_optim.train.model import build_discriminator, build_generator
 from rvc_optim.train.optim_setup import build_optimizer
 from rvc_optim.train.weight_norm_keys import to_legacy_state_dict
 
-from tests.train.test_loop import experiment, make_tc, one_thread  # noqa: F401  (fixtures)
+from tests.train.test_loop import make_tc
 
 STEPS = 2
 WORLD = 2

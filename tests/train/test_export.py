@@ -9,7 +9,7 @@ from rvc_optim.train.config import get_config
 from rvc_optim.train.export import export_small_model, load_exported
 from rvc_optim.train.model import build_generator
 
-from tests.train.test_loop import one_thread  # noqa: F401  (fixture)
+
 
 
 def _inputs(cfg, frames: int = 40):

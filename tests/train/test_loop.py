@@ -24,7 +24,6 @@ from rvc_optim.train import loop as loop_mod
 from rvc_optim.train import optim_setup
 from rvc_optim.train.checkpoint import load_checkpoint
 from rvc_optim.train.config import get_config
-from rvc_optim.train.demo_data import make_demo_experiment
 from rvc_optim.train.loop import TrainConfig, TrainingStopped, train
 from rvc_optim.train.model import build_discriminator, build_generator
 from rvc_optim.train.weight_norm_keys import to_legacy_state_dict
@@ -33,22 +32,6 @@ AVAILABLE = rvc_optim.list_optimizers(available_only=True)
 
 
 # ---------------------------------------------------------------------- shared helpers
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    """4 items of 1.5 s: with batch 1, 4 batches per epoch; all items the same length."""
-    root = tmp_path_factory.mktemp("exp") / "demo"
-    make_demo_experiment(root, get_config("tiny"), n_items=4, seconds=1.5, seed=0)
-    return root
-
-
 def make_tc(data: Path, run_dir: Path, **changes) -> TrainConfig:
     """A quiet, small run: batch 1, no TensorBoard, no progress bar, log every step."""
     base = TrainConfig(

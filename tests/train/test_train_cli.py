@@ -16,7 +16,7 @@ from rvc_optim.train.data import collate, find_experiment, read_filelist, RVCDat
 from rvc_optim.train.config import get_config
 from rvc_optim.train.export import load_exported
 
-from tests.train.test_loop import experiment, one_thread  # noqa: F401  (fixtures)
+
 
 FLAGS = [
     "--data", "--demo", "--out", "--config", "--export-name", "--optimizer", "--optimizer-d", "--optim-arg",

@@ -507,7 +507,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                     ckpt["model_train"] = to_legacy_state_dict(train_sds[id(net)])
                 if prefix == "G":
                     ckpt["rng"] = rng
-                path = atomic_save(ckpt, run_dir / f"{prefix}_{step}.pth")
+                atomic_save(ckpt, run_dir / f"{prefix}_{step}.pth")
         prune_checkpoints(run_dir, tc.keep_last)
         return run_dir / f"G_{step}.pth"
 
