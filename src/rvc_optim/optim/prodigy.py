@@ -100,8 +100,12 @@ def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
 def _sum_all(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
     """The sum of every element of every tensor, with multi-tensor kernels (overwrites ``tensors``).
 
-    There is no multi-tensor signed sum, so it is taken from two L1 norms: sum x = 2 sum max(x, 0) - sum |x|.
+    There is no multi-tensor signed sum, so eagerly it is taken from two L1 norms:
+    sum x = 2 sum max(x, 0) - sum |x|. Under torch.compile the per-tensor sums are traced once into the
+    graph (no Python loop at run time), which lets inductor fuse each sum with the products before it.
     """
+    if torch.compiler.is_compiling():
+        return torch.stack([t.sum(dtype=dtype) for t in tensors]).sum()
     total = torch.stack(torch._foreach_norm(tensors, 1, dtype=dtype)).sum()
     torch._foreach_clamp_min_(tensors, 0.0)
     positive = torch.stack(torch._foreach_norm(tensors, 1, dtype=dtype)).sum()
