@@ -44,13 +44,16 @@ def _steps(name: str, params, compiled, steps: int = 3, sync_check: bool = False
     for i in range(steps):
         for p, g in zip(params, grads[i]):
             p.grad = g
-        if sync_check and i > 0:  # the first step creates state (allowed to sync once)
+        strict = sync_check and i > 0  # the first step creates state (allowed to sync once)
+        if strict:
             torch.cuda.set_sync_debug_mode("error")
         try:
             driver.step()
         finally:
-            torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
+            if strict:
+                torch.cuda.set_sync_debug_mode("default")
+    if params[0].is_cuda:
+        torch.cuda.synchronize()
     return opt
 
 
