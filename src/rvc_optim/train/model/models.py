@@ -481,13 +481,19 @@ class DiscriminatorS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``x [B, 1, N]`` → ``(score [B, n], feature maps (7 tensors))``."""
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
+        return _score_and_features(self.convs, self.conv_post, x)
+
+
+def _score_and_features(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Both discriminators' read-out: each conv then leaky ReLU(0.1), every output kept as a feature
+    map, then ``conv_post`` (no activation; also kept) flattened into the score."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
         fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
 
 
 class DiscriminatorP(nn.Module):
@@ -515,19 +521,13 @@ class DiscriminatorP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``x [B, 1, N]`` → ``(score [B, n], feature maps (6 tensors))``."""
-        fmap = []
         b, c, t = x.shape
         if t % self.period != 0:
             n_pad = self.period - (t % self.period)
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _score_and_features(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminatorV2(nn.Module):
