@@ -17,6 +17,8 @@ from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
+    "add_scaled_",
+    "addcdiv_scaled_",
     "bias_correction",
     "check_betas",
     "check_eps",
@@ -134,6 +136,28 @@ def bias_correction(beta: float, step: Tensor | float) -> Tensor | float:
 
 
 # --- shared update pieces ------------------------------------------------------------------------------
+
+
+def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: Tensor | float) -> None:
+    """``targets += scale * tensors``, one fused multiply-add for a Python float ``scale`` (the CPU eager
+    path), a multiply and an add for a 0-d tensor (accelerators and the compiled path, where ``alpha``
+    cannot be a tensor)."""
+    if isinstance(scale, Tensor):
+        torch._foreach_add_(targets, torch._foreach_mul(tensors, scale))
+    else:
+        torch._foreach_add_(targets, tensors, alpha=scale)
+
+
+def addcdiv_scaled_(targets: list[Tensor], numerators: list[Tensor], denominators: list[Tensor],
+                    scale: Tensor | float) -> None:
+    """``targets += scale * numerators / denominators``: one fused pass for a Python float ``scale``,
+    a divide, a multiply and an add for a 0-d tensor."""
+    if isinstance(scale, Tensor):
+        quotients = torch._foreach_div(numerators, denominators)
+        torch._foreach_mul_(quotients, scale)
+        torch._foreach_add_(targets, quotients)
+    else:
+        torch._foreach_addcdiv_(targets, numerators, denominators, value=scale)
 
 
 def decay_weights_(params: list[Tensor], lr: Tensor | float, weight_decay: float) -> None:

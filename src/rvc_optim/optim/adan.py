@@ -52,6 +52,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    addcdiv_scaled_,
     bias_correction,
     check_betas,
     check_eps,
@@ -95,10 +96,10 @@ def adan_update(
     exp_avg_diffs: list[Tensor],
     neg_pre_grads: list[Tensor],
     *,
-    lr: Tensor,
-    step_size: Tensor,
-    diff_step_size: Tensor,
-    bias_correction3_sqrt: Tensor,
+    lr: Tensor | float,
+    step_size: Tensor | float,
+    diff_step_size: Tensor | float,
+    bias_correction3_sqrt: Tensor | float,
     beta1: float,
     beta2: float,
     beta3: float,
@@ -123,12 +124,8 @@ def adan_update(
 
     if no_prox:
         decay_weights_(params, lr, weight_decay)
-    step_m = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_mul_(step_m, step_size)
-    torch._foreach_sub_(params, step_m)
-    step_v = torch._foreach_div(exp_avg_diffs, denom)
-    torch._foreach_mul_(step_v, diff_step_size)
-    torch._foreach_sub_(params, step_v)
+    addcdiv_scaled_(params, exp_avgs, denom, -step_size)
+    addcdiv_scaled_(params, exp_avg_diffs, denom, -diff_step_size)
     if not no_prox and weight_decay != 0.0:
         torch._foreach_div_(params, 1.0 + lr * weight_decay)
 

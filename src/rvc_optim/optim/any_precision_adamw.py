@@ -84,9 +84,9 @@ def any_precision_adamw_update(
     exp_avg_sqs: list[Tensor],
     compensations: list[Tensor],
     *,
-    lr: Tensor,
-    step_size: Tensor,
-    denom_correction: Tensor,
+    lr: Tensor | float,
+    step_size: Tensor | float,
+    denom_correction: Tensor | float,
     beta1: float,
     beta2: float,
     eps: float,
@@ -108,7 +108,8 @@ def any_precision_adamw_update(
     # step_size * m at the precision of the scalars (float64 for float64 weights, else float32), not in
     # momentum_dtype: a 0-d scalar would not promote a bfloat16 momentum, a one-element tensor does.
     # Then one addcdiv rounds to the target's dtype, which is the authors' arithmetic exactly.
-    scaled_exp_avgs = torch._foreach_mul(exp_avgs, [step_size.reshape(1)] * len(exp_avgs))
+    scale = [step_size.reshape(1)] * len(exp_avgs) if isinstance(step_size, Tensor) else step_size
+    scaled_exp_avgs = torch._foreach_mul(exp_avgs, scale)
 
     if not use_kahan_summation:
         torch._foreach_addcdiv_(params, scaled_exp_avgs, denom, value=-1.0)

@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    add_scaled_,
     check_betas,
     check_lr,
     check_weight_decay,
@@ -46,7 +47,7 @@ def lion_update(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     *,
-    lr: Tensor,
+    lr: Tensor | float,
     beta1: float,
     beta2: float,
     weight_decay: float,
@@ -54,8 +55,7 @@ def lion_update(
     decay_weights_(params, lr, weight_decay)
     direction = torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_sign_(direction)
-    torch._foreach_mul_(direction, lr)
-    torch._foreach_sub_(params, direction)
+    add_scaled_(params, direction, -lr)
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta2)
 
 

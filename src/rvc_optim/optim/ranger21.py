@@ -535,9 +535,10 @@ class Ranger21(Optimizer):
         self.start_warm_down = int(warmdown_start_pct * self.total_iterations)
         self.warmdown_total_iterations = self.total_iterations - self.start_warm_down
 
-        self._prepare = UpdateFunction(ranger21_prepare, compiled)
-        self._update = UpdateFunction(ranger21_update, compiled)
-        self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled)
+        # Unit norms, means and standard deviations per tensor: these passes take whole tensors.
+        self._prepare = UpdateFunction(ranger21_prepare, compiled, elementwise=False)
+        self._update = UpdateFunction(ranger21_update, compiled, elementwise=False)
+        self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled, elementwise=False)
         self._merge = UpdateFunction(lookahead_merge, compiled)
         if self.logging_active:
             self._log_settings(lr, weight_decay)

@@ -69,6 +69,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    add_scaled_,
     bias_correction,
     check_betas,
     check_eps,
@@ -105,8 +106,8 @@ def _step_y_and_z_(
     (checked in float64, float32 and bfloat16 on torch 2.13's CPU kernels).
     """
     torch._foreach_lerp_(y, z, c)
-    torch._foreach_add_(y, torch._foreach_mul(direction, y_weight))
-    torch._foreach_sub_(z, torch._foreach_mul(direction, lr))
+    add_scaled_(y, direction, y_weight)
+    add_scaled_(z, direction, -lr)
 
 
 def schedule_free_adamw_update(
