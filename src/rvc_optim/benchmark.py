@@ -88,7 +88,7 @@ class Published:
 
     @property
     def label(self) -> str:
-        return f"{self.library} {self.cls}"
+        return f"{self.library} {self.cls}" + (" (compiled)" if self.compiles else "")
 
 
 _RUN_LENGTH_R21 = {"num_epochs": 1, "num_batches_per_epoch": RUN_LENGTH}
@@ -552,9 +552,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: generator set, Lion, default and published rows, few repeats")
     parser.add_argument("--output", help="write the report to OUTPUT.md and the data to OUTPUT.json")
+    parser.add_argument("--readme-table", metavar="RESULT_JSON",
+                        help="print the README's benchmark table generated from a result file, and exit")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "readme_table", None):
+        print(readme_table(args.readme_table))
+        return 0
     if args.quick:
         names = args.optimizers if args.optimizers is not None else ["Lion"]
         sets = args.sets or ["generator"]
