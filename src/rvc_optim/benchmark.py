@@ -443,6 +443,7 @@ def make_header(rows: list[Row], sets: list[str], threads: int, repeats: int, wa
     return {
         "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})",
         "threads": threads,
+        "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "",
         "torch": torch.__version__,
         "libraries": {lib: library_version(lib) for lib in libraries},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -471,7 +472,8 @@ def format_markdown(header: dict[str, Any], results: list[RowResult], notes: lis
     lines = [
         "# Step time per optimizer",
         "",
-        f"- machine: {header['machine']}; torch threads: {header['threads']}",
+        f"- machine: {header['machine']}; torch threads: {header['threads']}"
+        + (f"; load average at start: {header['load_average']}" if header.get("load_average") else ""),
         f"- torch {header['torch']}; published libraries: {libs}",
         f"- date: {header['date']}",
         f"- command: `{header['command']}`",
@@ -512,9 +514,9 @@ def load_results(path: str | Path) -> tuple[dict[str, Any], list[RowResult]]:
 def readme_table(result_file: str | Path) -> str:
     """The README's benchmark table, from a committed result file: per optimizer and set, the default
     path's ms and ratio to the floor, the compiled path's, its build time cold / warm, and the published
-    implementations' ms beside them."""
+    implementations' ms (ratio) beside them."""
     header, results = load_results(result_file)
-    lines = ["| optimizer | set | default ms | ratio | compiled ms | ratio | build cold / warm (s) | published ms |",
+    lines = ["| optimizer | set | default ms | ratio | compiled ms | ratio | build cold / warm (s) | published ms (ratio) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for set_name in header["sets"]:
         names = list(dict.fromkeys(r.algorithm for r in results if r.set_name == set_name))
@@ -525,7 +527,8 @@ def readme_table(result_file: str | Path) -> str:
             build = ""
             if compiled is not None and math.isfinite(compiled.first_step_s):
                 build = f"{compiled.first_step_s:.0f} / {_fmt(compiled.warm_build_s, '.0f') or '-'}"
-            published = "; ".join(f"{r.label}: {_cell(r)[0]}" for r in rows if r.kind == "published")
+            published = "; ".join(f"{r.label}: {_cell(r)[0]}" + (f" ({_cell(r)[1]})" if r.status == "ok" else "")
+                                  for r in rows if r.kind == "published")
             lines.append(f"| {name} | {set_name} | {' | '.join(_cell(default))} | "
                          f"{' | '.join(_cell(compiled)) if compiled else 'not run | '} | {build} | {published} |")
     return "\n".join(lines)
