@@ -170,3 +170,10 @@ def json_roundtrip(obj):
 def test_a_build_that_does_not_finish_is_reported_not_waited_for(tmp_path):
     out = benchmark._run_child([sys.executable, "-c", "import time; time.sleep(30)"], str(tmp_path), timeout=0.5)
     assert out == "build did not finish in 0 s" or out.startswith("build did not finish")
+
+
+def test_bytes_per_param_is_the_records_floor():
+    params = benchmark.make_parameters("tiny")
+    for name in ("Lion", "Prodigy", "AdamW"):
+        optimizer = create_optimizer(name, params)
+        assert benchmark.bytes_per_param(optimizer, params) == optimizer_info(name).floor_bytes_per_param

@@ -56,6 +56,7 @@ __all__ = [
     "Row",
     "RowResult",
     "add_arguments",
+    "bytes_per_param",
     "load_shapes",
     "plan_rows",
     "readme_table",
@@ -171,6 +172,17 @@ def make_parameters(set_name: str, seed: int = 0) -> list[torch.nn.Parameter]:
         p.grad = torch.randn(shape, generator=gen) * 1e-3
         params.append(p)
     return params
+
+
+def bytes_per_param(optimizer: torch.optim.Optimizer, params: Any = None) -> float:
+    """The floor of ``optimizer``'s algorithm, from its record (``params`` is ignored; kept for callers
+    such as scripts/gpu_check.py). Raises LookupError for a class no record names."""
+    from rvc_optim.catalog import RECORDS
+
+    for record in RECORDS:
+        if record.available and record.cls is type(optimizer):
+            return record.floor_bytes_per_param
+    raise LookupError(f"no record for {type(optimizer).__name__}")
 
 
 # --- rows ------------------------------------------------------------------------------------------------
