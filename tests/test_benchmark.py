@@ -177,3 +177,18 @@ def test_bytes_per_param_is_the_records_floor():
     for name in ("Lion", "Prodigy", "AdamW"):
         optimizer = create_optimizer(name, params)
         assert benchmark.bytes_per_param(optimizer, params) == optimizer_info(name).floor_bytes_per_param
+
+
+def test_heavyball_without_compiling_updates_once_gradients_are_reattached():
+    """heavyball clears .grad in step(): a benchmark that does not re-attach them times a no-op."""
+    heavyball = pytest.importorskip("heavyball")
+    import heavyball.utils
+
+    saved, heavyball.utils.compile_mode = heavyball.utils.compile_mode, None
+    try:
+        pub = benchmark.Published("heavyball", "heavyball", "AdamW", compiles=True)
+        row = benchmark.Row("AnyPrecisionAdamW", "published", pub)
+        (result,) = _tiny_run([row], builders={(row.algorithm, row.label): benchmark.builder_for(row)})
+    finally:
+        heavyball.utils.compile_mode = saved
+    assert result.status == "ok"
