@@ -379,8 +379,10 @@ def _child_main(spec_json: str) -> int:
 
 
 def _run_child(cmd: list[str], cache_dir: str, timeout: float) -> dict | str:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1])] + ([os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else []))}
+    # The child imports this same source tree, whatever the caller's PYTHONPATH.
+    path = [str(Path(__file__).resolve().parents[1])]
+    path += [os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else []
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "PYTHONPATH": os.pathsep.join(path)}
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -528,7 +530,8 @@ def readme_table(result_file: str | Path) -> str:
     path's ms and ratio to the floor, the compiled path's, its build time cold / warm, and the published
     implementations' ms (ratio) beside them."""
     header, results = load_results(result_file)
-    lines = ["| optimizer | set | default ms | ratio | compiled ms | ratio | build cold / warm (s) | published ms (ratio) |",
+    lines = ["| optimizer | set | default ms | ratio | compiled ms | ratio | build cold / warm (s) "
+             "| published ms (ratio) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for set_name in header["sets"]:
         names = list(dict.fromkeys(r.algorithm for r in results if r.set_name == set_name))
