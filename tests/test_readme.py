@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rvc_optim.benchmark import readme_table
 from rvc_optim.cli import main, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,15 @@ def _first_commands() -> list[str]:
 
 def test_readme_table_is_generated_from_the_records():
     assert markdown_table() in _readme()
+
+
+def test_readme_benchmark_table_is_generated_from_the_committed_result_file():
+    section = _readme().split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"Generated from `(benchmarks/results/[^`]+\.json)`", section)
+    assert match, "the Benchmarks section must name the result file its table is generated from"
+    result_file = ROOT / match.group(1)
+    assert result_file.is_file() and result_file.with_suffix(".md").is_file()
+    assert readme_table(result_file) in section
 
 
 def test_the_two_first_commands():

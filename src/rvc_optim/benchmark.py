@@ -1,48 +1,156 @@
 """Step-time benchmark on the parameters of RVC's v2 40k generator and discriminator.
 
-For each optimizer: milliseconds per step (median of repeated steps after warm-up, gradients
-pre-filled, threads fixed), optimizer state in bytes per parameter, and the ratio to its
-memory-traffic floor, calibrated with torch's fused AdamW timed on the same parameters in the same
-run, each timed step interleaved with a fused-AdamW step so both see the same machine load::
+For each of our optimizers, in this order: the default path (what ``create_optimizer(name, params)``
+gives), the compiled path (``compiled=True``, its first step is the build) and every published
+implementation of the same algorithm that is installed (:data:`PUBLISHED`). Each row reports
+milliseconds per step (median of repeated steps after warm-up, gradients pre-filled and re-attached
+before every step, threads fixed) and the ratio to the algorithm's memory-traffic floor, calibrated with
+torch's fused AdamW timed on the same parameters, each timed step interleaved with a fused-AdamW step so
+both see the same machine load::
 
-    ratio = (t_opt / t_fused_adamw) * 28 / bytes_per_param(opt)
+    ratio = (t_row / t_fused_adamw) * 28 / record.floor_bytes_per_param
 
-``bytes_per_param`` is what one update must move: 4 bytes to read and 4 to write the fp32 parameter,
-4 to read the gradient, and for every state tensor its size twice if the update writes it, once if it
-only reads it (an optimizer class lists such tensors in ``read_only_state``); an optimizer that must
-finish a global reduction before it can update (``needs_reduction_pass``) counts one more pass over
-what it reads. Fused AdamW moves 28 bytes per parameter, so its own ratio is 1.0 by construction.
-Absolute times on shared machines swing by 1.5x between runs; ratios taken in one run do not.
+The floor is the record's (:func:`rvc_optim.records.memory_floor`: what one update of the algorithm must
+move), so ours and every published implementation of one algorithm are divided by the same number. Fused
+AdamW moves 28 bytes per parameter, so its own ratio is 1.0 by construction.
+
+Every row must change the parameters over its timed steps; one that does not is reported as "did not
+update", never timed as fast. Rows that compile (our compiled path, heavyball's default) run in a child
+process with a build time limit: "cold" is the first step in a fresh process with an empty inductor cache,
+"warm" the first step of a second fresh process that finds the first one's on-disk cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import importlib
+import importlib.metadata
+import inspect
 import json
 import math
+import os
+import platform
+import shlex
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from rvc_optim.registry import create_optimizer, list_optimizers, optimizer_info
 
-__all__ = ["BenchResult", "add_arguments", "bytes_per_param", "load_shapes", "run_from_args", "time_optimizer"]
+__all__ = [
+    "PUBLISHED",
+    "Published",
+    "Row",
+    "RowResult",
+    "add_arguments",
+    "bytes_per_param",
+    "load_shapes",
+    "plan_rows",
+    "readme_table",
+    "run",
+    "run_from_args",
+    "time_row",
+]
 
 SETS = {"generator": ("generator_v2_40k",), "discriminator": ("discriminator_v2",),
-        "union": ("generator_v2_40k", "discriminator_v2")}
+        "union": ("generator_v2_40k", "discriminator_v2"), "tiny": ()}
+# A synthetic set for tests and smoke runs: a few conv-like tensors and biases.
+TINY_SHAPES = [("conv.weight", (16, 8, 3)), ("conv.bias", (16,)), ("linear.weight", (32, 16)), ("gain", (16, 1, 1))]
 FUSED_ADAMW_BYTES = 28.0
-# Baselines measured in every run: torch's AdamW three ways.
-BASELINES = {
-    "AdamW (fused)": {"fused": True},
-    "AdamW (foreach)": {"fused": False, "foreach": True},
-    "AdamW (for-loop)": {"fused": False, "foreach": False},
+RUN_LENGTH = 1000  # num_iterations given to optimizers that need the run length up front
+DID_NOT_UPDATE = "did not update"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published implementation of an algorithm. The constructor gets the record's recommended
+    settings that its signature names (lr, betas, eps, weight decay, ... : the same as our row), then
+    ``kwargs`` (renamed or library-specific settings that make it run the same algorithm)."""
+
+    library: str  # the distribution, for its version
+    module: str
+    cls: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    compiles: bool = False  # its default path compiles (heavyball): run in a child with a build limit
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.library} {self.cls}" + (" (compiled)" if self.compiles else "")
+
+
+_RUN_LENGTH_R21 = {"num_epochs": 1, "num_batches_per_epoch": RUN_LENGTH}
+# algorithm (registry name) -> its published implementations. The next optimizers add rows here.
+PUBLISHED: dict[str, list[Published]] = {
+    "Lion": [
+        Published("lion-pytorch", "lion_pytorch", "Lion"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "Lion"),
+        Published("torch-optimi", "optimi", "Lion", {"foreach": True}),
+    ],
+    "ScheduleFreeAdamW": [
+        Published("schedulefree", "schedulefree", "AdamWScheduleFree"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeAdamW"),
+        Published("heavyball", "heavyball", "SFAdamW", compiles=True),
+    ],
+    "ScheduleFreeAdam": [  # with no weight decay (the record's setting) Adam and AdamW are the same update
+        Published("schedulefree", "schedulefree", "AdamWScheduleFree"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeAdamW"),
+        Published("heavyball", "heavyball", "SFAdamW", compiles=True),
+    ],
+    "ScheduleFreeSGD": [
+        Published("schedulefree", "schedulefree", "SGDScheduleFree"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeSGD"),
+    ],
+    "Prodigy": [
+        Published("prodigyopt", "prodigyopt", "Prodigy"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "Prodigy"),
+    ],
+    "DAdaptAdam": [
+        Published("dadaptation", "dadaptation", "DAdaptAdam"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "DAdaptAdam", {"weight_decouple": True}),
+    ],
+    "DAdaptAdaGrad": [
+        Published("dadaptation", "dadaptation", "DAdaptAdaGrad"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "DAdaptAdaGrad"),
+    ],
+    "DAdaptSGD": [
+        Published("dadaptation", "dadaptation", "DAdaptSGD"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "DAdaptSGD"),
+    ],
+    "Adan": [
+        Published("pytorch_optimizer", "pytorch_optimizer", "Adan"),
+        Published("torch-optimi", "optimi", "Adan", {"foreach": True}),
+    ],
+    "AnyPrecisionAdamW": [  # with fp32 buffers and no Kahan summation (the record's setting) it is AdamW
+        Published("torch", "torch.optim", "AdamW", {"foreach": True}),
+        Published("torch-optimi", "optimi", "AdamW", {"foreach": True}),
+        Published("heavyball", "heavyball", "AdamW", compiles=True),
+    ],
+    "Ranger21": [
+        Published("ranger21", "ranger21", "Ranger21", _RUN_LENGTH_R21),
+        Published("pytorch_optimizer", "pytorch_optimizer", "Ranger21", {"num_iterations": RUN_LENGTH}),
+    ],
 }
+
+
+def library_version(library: str) -> str:
+    try:
+        return importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def load_shapes(model: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -56,188 +164,447 @@ def load_shapes(model: str) -> list[tuple[str, tuple[int, ...]]]:
 
 def make_parameters(set_name: str, seed: int = 0) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
+    shapes = [s for model in SETS[set_name] for _, s in load_shapes(model)] if SETS[set_name] else \
+        [s for _, s in TINY_SHAPES]
     params = []
-    for model in SETS[set_name]:
-        for _, shape in load_shapes(model):
-            p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
-            p.grad = torch.randn(shape, generator=gen) * 1e-3
-            params.append(p)
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
+        p.grad = torch.randn(shape, generator=gen) * 1e-3
+        params.append(p)
     return params
 
 
-def bytes_per_param(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> float:
-    """The memory traffic one update must move, per parameter (see the module docstring)."""
-    numel = sum(p.numel() for p in params)
-    read_only = set(getattr(optimizer, "read_only_state", ()))
-    moved = 12.0 * numel
-    read = 8.0 * numel
-    for p in params:
-        for key, value in optimizer.state.get(p, {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                size = value.numel() * value.element_size()
-                moved += size if key in read_only else 2 * size
-                read += size
-    if getattr(optimizer, "needs_reduction_pass", False):
-        moved += read
-    return moved / numel
+def bytes_per_param(optimizer: torch.optim.Optimizer, params: Any = None) -> float:
+    """The floor of ``optimizer``'s algorithm, from its record (``params`` is ignored; kept for callers
+    such as scripts/gpu_check.py). Raises LookupError for a class no record names."""
+    from rvc_optim.catalog import RECORDS
+
+    for record in RECORDS:
+        if record.available and record.cls is type(optimizer):
+            return record.floor_bytes_per_param
+    raise LookupError(f"no record for {type(optimizer).__name__}")
 
 
-def state_bytes_per_param(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> float:
-    numel = sum(p.numel() for p in params)
-    total = 0
-    for p in params:
-        for value in optimizer.state.get(p, {}).values():
-            if isinstance(value, torch.Tensor):
-                total += value.numel() * value.element_size()
-    return total / numel
-
-
-@dataclass
-class BenchResult:
-    label: str
-    set_name: str
-    ms: float
-    first_step_s: float
-    state_bytes: float
-    traffic_bytes: float
-    ratio: float
-
+# --- rows ------------------------------------------------------------------------------------------------
 
 Builder = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
-def registry_builder(name: str, **kwargs) -> Builder:
-    """Build ``name`` through the registry (its recommended settings), in training mode."""
+@dataclass(frozen=True)
+class Row:
+    """One timed line: ``kind`` is "default", "compiled" or "published" (``published`` set)."""
 
-    def build(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optimizer = create_optimizer(name, params, **kwargs)
-        if optimizer_info(name).protocol.train_eval:
-            optimizer.train()
-        return optimizer
+    algorithm: str
+    kind: str
+    published: Published | None = None
 
+    @property
+    def label(self) -> str:
+        return self.kind if self.published is None else self.published.label
+
+    @property
+    def compiles(self) -> bool:
+        if self.kind == "compiled":
+            return True
+        if self.kind == "default":
+            from rvc_optim.optim._compile import resolve_compiled
+
+            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu")
+        return self.published.compiles
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def _train_mode(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    if callable(getattr(optimizer, "train", None)):
+        optimizer.train()
+    return optimizer
+
+
+def published_kwargs(algorithm: str, published: Published) -> dict[str, Any]:
+    """The record's recommended settings that the published class names, then the row's own kwargs."""
+    cls = getattr(importlib.import_module(published.module), published.cls)
+    accepted = {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    kwargs = {k: v for k, v in optimizer_info(algorithm).recommended.items() if k in accepted}
+    return {**kwargs, **published.kwargs}
+
+
+def builder_for(row: Row) -> Builder:
+    info = optimizer_info(row.algorithm)
+    if row.published is None:
+        extra = {"num_iterations": RUN_LENGTH} if info.protocol.run_length is not None else {}
+        compiled = True if row.kind == "compiled" else None
+
+        def build(params):
+            return _train_mode(_quiet(create_optimizer, row.algorithm, params, compiled=compiled, **extra))
+    else:
+        pub = row.published
+        cls = getattr(importlib.import_module(pub.module), pub.cls)
+        kwargs = published_kwargs(row.algorithm, pub)
+
+        def build(params):
+            return _train_mode(_quiet(cls, params, **kwargs))
     return build
 
 
-def _timed_step(optimizer: torch.optim.Optimizer) -> float:
+def plan_rows(names: list[str], compiled: bool = True, published: bool = True) -> tuple[list[Row], list[str]]:
+    """The rows for ``names`` in report order (default, compiled, published...) and the notes on rows
+    left out (not implemented, library not installed)."""
+    rows: list[Row] = []
+    notes: list[str] = []
+    for name in names:
+        info = optimizer_info(name)
+        if not info.available:
+            notes.append(f"{name}: not implemented yet")
+            continue
+        rows.append(Row(name, "default"))
+        if compiled and info.capabilities.compiled:
+            rows.append(Row(name, "compiled"))
+        for pub in PUBLISHED.get(name, []) if published else []:
+            if pub.compiles and not compiled:
+                notes.append(f"{name}: {pub.label} left out (its default path compiles; --no-compiled)")
+                continue
+            try:
+                importlib.import_module(pub.module)
+            except ImportError as err:
+                notes.append(f"{name}: {pub.label} not timed ({err})")
+                continue
+            rows.append(Row(name, "published", pub))
+    return rows, notes
+
+
+# --- timing ----------------------------------------------------------------------------------------------
+
+@dataclass
+class RowResult:
+    algorithm: str
+    kind: str
+    label: str
+    set_name: str
+    status: str  # "ok", "did not update", "build did not finish in N s", "error: ..."
+    ms: float = math.nan
+    baseline_ms: float = math.nan
+    floor: float = math.nan
+    ratio: float = math.nan
+    first_step_s: float = math.nan  # cold build for compiling rows
+    warm_build_s: float = math.nan
+
+
+def _attach(params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None:
+    # Some libraries (heavyball) clear .grad in step(); every step gets the same gradients back.
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def _timed_step(optimizer: torch.optim.Optimizer, params, grads) -> float:
+    _attach(params, grads)
     start = time.perf_counter()
     optimizer.step()
     return time.perf_counter() - start
 
 
-def _copy(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+def _copy(params: list[torch.nn.Parameter]) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
     with torch.no_grad():
         local = [torch.nn.Parameter(p.detach().clone()) for p in params]
-        for p, src in zip(local, params):
-            p.grad = src.grad.clone()
-    return local
+    return local, [p.grad.clone() for p in params]
 
 
-def time_optimizer(label: str, build: Builder, params: list[torch.nn.Parameter], set_name: str,
-                   repeats: int, warmup: int, baseline: torch.optim.Optimizer) -> BenchResult:
-    """Time one optimizer on its own copy of ``params``, interleaving each timed step with one step of
-    the fused-AdamW ``baseline`` so that both see the same machine load; the ratio uses the two medians."""
-    local = _copy(params)
-    optimizer = build(local)
-    first = _timed_step(optimizer)  # creates state; compiles where compiled
-    for _ in range(warmup):
-        optimizer.step()
-    times, base_times = [], []
-    for _ in range(repeats):
-        times.append(_timed_step(optimizer))
-        base_times.append(_timed_step(baseline))
-    ms, base_ms = 1000 * statistics.median(times), 1000 * statistics.median(base_times)
-    traffic = bytes_per_param(optimizer, local)
-    result = BenchResult(label, set_name, ms, first, state_bytes_per_param(optimizer, local), traffic,
-                         ratio=(ms / base_ms) * FUSED_ADAMW_BYTES / traffic)
-    del optimizer, local
+def make_baseline(params: list[torch.nn.Parameter], warmup: int):
+    local, grads = _copy(params)
+    baseline = torch.optim.AdamW(local, lr=1e-4, fused=True)
+    for _ in range(warmup + 1):
+        _timed_step(baseline, local, grads)
+    return baseline, local, grads
+
+
+def time_row(row: Row, params: list[torch.nn.Parameter], set_name: str, repeats: int, warmup: int,
+             baseline, build: Builder | None = None) -> RowResult:
+    """Time one row on its own copy of ``params``, interleaving each timed step with a step of the
+    fused-AdamW ``baseline`` (``(optimizer, params, grads)``); the ratio uses the two medians. A row whose
+    parameters are unchanged after its timed steps is reported as "did not update", with no time."""
+    floor = optimizer_info(row.algorithm).floor_bytes_per_param
+    result = RowResult(row.algorithm, row.kind, row.label, set_name, "ok", floor=floor)
+    local, grads = _copy(params)
+    try:
+        optimizer = (build or builder_for(row))(local)
+        result.first_step_s = _timed_step(optimizer, local, grads)  # creates state; builds where compiled
+        for _ in range(warmup):
+            _timed_step(optimizer, local, grads)
+        before = [p.detach().clone() for p in local]
+        times, base_times = [], []
+        for _ in range(repeats):
+            times.append(_timed_step(optimizer, local, grads))
+            base_times.append(_timed_step(*baseline))
+    except Exception as err:  # a published library that fails on this set is reported, not fatal
+        result.status = f"error: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        return result
+    updated = any(not torch.equal(b, p.detach()) for b, p in zip(before, local))
+    result.baseline_ms = 1000 * statistics.median(base_times)
+    if not updated:
+        result.status = DID_NOT_UPDATE
+    else:
+        result.ms = 1000 * statistics.median(times)
+        result.ratio = (result.ms / result.baseline_ms) * FUSED_ADAMW_BYTES / floor
+    del optimizer, local, before
     gc.collect()
     return result
 
 
-def registry_rows(names: list[str], compiled: str) -> list[tuple[str, Builder]]:
-    """The rows for registry optimizers: eager and/or compiled where the class has a compiled update."""
-    rows: list[tuple[str, Builder]] = [(label, registry_builder("AdamW", **kw)) for label, kw in BASELINES.items()]
-    for name in names:
-        info = optimizer_info(name)
-        if not info.available:
-            print(f"  skipping {name}: not implemented yet")
-            continue
-        extra = {"num_iterations": 1000} if info.protocol.run_length is not None else {}
-        if info.capabilities.compiled:
-            modes = {"0": [False], "1": [True], "both": [False, True]}.get(compiled, [None])
-            for mode in modes:
-                tag = {False: "eager", True: "compiled", None: "auto"}[mode]
-                rows.append((f"{name} ({tag})", registry_builder(name, **extra, compiled=mode)))
-        elif name != "AdamW":
-            label = f"{name} (fused)" if info.capabilities.fused else name
-            rows.append((label, registry_builder(name, **extra)))
-    return rows
+def _child_command(row: Row, set_name: str, repeats: int, warmup: int, threads: int, build_only: bool) -> list[str]:
+    spec = {"algorithm": row.algorithm, "kind": row.kind, "set": set_name, "repeats": repeats, "warmup": warmup,
+            "threads": threads, "build_only": build_only,
+            "published": dataclasses.asdict(row.published) if row.published else None}
+    return [sys.executable, "-m", "rvc_optim.benchmark", "--child", json.dumps(spec)]
 
 
-def run(rows: list[tuple[str, Builder]], sets: list[str], repeats: int, warmup: int,
-        threads: int) -> list[BenchResult]:
-    """Time every row on every parameter set; rows are ``(label, builder)``."""
+def _child_main(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    row = Row(spec["algorithm"], spec["kind"], Published(**spec["published"]) if spec["published"] else None)
+    params = make_parameters(spec["set"])
+    if spec["build_only"]:
+        local, grads = _copy(params)
+        optimizer = builder_for(row)(local)
+        out = {"first_step_s": _timed_step(optimizer, local, grads)}
+    else:
+        baseline = make_baseline(params, spec["warmup"])
+        out = dataclasses.asdict(time_row(row, params, spec["set"], spec["repeats"], spec["warmup"], baseline))
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def _run_child(cmd: list[str], cache_dir: str, timeout: float) -> dict | str:
+    # The child imports this same source tree, whatever the caller's PYTHONPATH.
+    path = [str(Path(__file__).resolve().parents[1])]
+    path += [os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else []
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "PYTHONPATH": os.pathsep.join(path)}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"build did not finish in {timeout:.0f} s"
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
+        return f"error: child exited {proc.returncode}: {tail}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def time_compiling_row(row: Row, set_name: str, repeats: int, warmup: int, threads: int,
+                       build_timeout: float, warm: bool) -> RowResult:
+    """A row that compiles, in a fresh child process with an empty inductor cache (its first step is the
+    cold build), then, with ``warm``, the build alone again in a second fresh child that finds that cache."""
+    with tempfile.TemporaryDirectory(prefix="rvc_optim_inductor_") as cache_dir:
+        timed = _run_child(_child_command(row, set_name, repeats, warmup, threads, False), cache_dir,
+                           build_timeout + 60 + repeats * 10)
+        if isinstance(timed, str):
+            floor = optimizer_info(row.algorithm).floor_bytes_per_param
+            return RowResult(row.algorithm, row.kind, row.label, set_name, timed, floor=floor)
+        result = RowResult(**timed)
+        if warm and result.status == "ok":
+            again = _run_child(_child_command(row, set_name, 0, 0, threads, True), cache_dir, build_timeout)
+            if isinstance(again, dict):
+                result.warm_build_s = again["first_step_s"]
+    return result
+
+
+def run(rows: list[Row], sets: list[str], repeats: int, warmup: int, threads: int, build_timeout: float = 600,
+        warm: bool = True, builders: dict[tuple[str, str], Builder] | None = None,
+        echo=print) -> list[RowResult]:
+    """Time every row on every set, in order; rows that compile run in child processes. ``builders``
+    replaces the builder of the rows keyed ``(algorithm, label)`` (tests use it)."""
     torch.set_num_threads(threads)
-    results: list[BenchResult] = []
+    results: list[RowResult] = []
     for set_name in sets:
         params = make_parameters(set_name)
-        baseline = registry_builder("AdamW", fused=True)(_copy(params))
-        for _ in range(warmup + 1):
-            baseline.step()
-        for label, build in rows:
-            result = time_optimizer(label, build, params, set_name, repeats, warmup, baseline)
+        baseline = make_baseline(params, warmup)
+        for row in rows:
+            build = (builders or {}).get((row.algorithm, row.label))
+            if row.compiles and build is None:
+                result = time_compiling_row(row, set_name, repeats, warmup, threads, build_timeout, warm)
+            else:
+                result = time_row(row, params, set_name, repeats, warmup, baseline, build)
             results.append(result)
-            print(f"  {set_name:13s} {label:40s} {result.ms:9.1f} ms  ratio {result.ratio:5.2f}"
-                  f"  (first step {result.first_step_s:.1f} s)", flush=True)
+            echo(f"  {set_name:13s} {row.algorithm:18s} {row.label:36s} " + (
+                f"{result.ms:9.1f} ms  ratio {result.ratio:5.2f}  first step {result.first_step_s:.2f} s"
+                if result.status == "ok" else result.status), flush=True)
         del params, baseline
         gc.collect()
     return results
 
 
-def format_table(results: list[BenchResult]) -> str:
-    lines = ["| set | optimizer | ms/step | first step (s) | state B/param | traffic B/param | ratio to floor |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r.set_name} | {r.label} | {r.ms:.1f} | {r.first_step_s:.1f} | {r.state_bytes:.1f} | "
-                     f"{r.traffic_bytes:.1f} | {r.ratio:.2f} |")
+# --- result files ----------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_header(rows: list[Row], sets: list[str], threads: int, repeats: int, warmup: int,
+                command: str | None = None) -> dict[str, Any]:
+    libraries = sorted({r.published.library for r in rows if r.published})
+    settings = {f"{r.algorithm} / {r.label}": repr(published_kwargs(r.algorithm, r.published))
+                for r in rows if r.published}
+    return {
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})",
+        "threads": threads,
+        "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "",
+        "torch": torch.__version__,
+        "libraries": {lib: library_version(lib) for lib in libraries},
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command if command is not None else shlex.join(["python"] + sys.argv),
+        "sets": sets,
+        "repeats": repeats,
+        "warmup": warmup,
+        "published_settings": settings,
+    }
+
+
+def _fmt(x: float, spec: str) -> str:
+    return format(x, spec) if math.isfinite(x) else ""
+
+
+def _cell(r: RowResult | None) -> tuple[str, str]:
+    if r is None:
+        return "", ""
+    if r.status != "ok":
+        return r.status, ""
+    return _fmt(r.ms, ".1f"), _fmt(r.ratio, ".2f")
+
+
+def format_markdown(header: dict[str, Any], results: list[RowResult], notes: list[str] = ()) -> str:
+    libs = ", ".join(f"{k} {v}" for k, v in header["libraries"].items()) or "none"
+    lines = [
+        "# Step time per optimizer",
+        "",
+        f"- machine: {header['machine']}; torch threads: {header['threads']}"
+        + (f"; load average at start: {header['load_average']}" if header.get("load_average") else ""),
+        f"- torch {header['torch']}; published libraries: {libs}",
+        f"- date: {header['date']}",
+        f"- command: `{header['command']}`",
+        f"- {header['repeats']} timed steps (median), {header['warmup']} warm-up steps; ratio = (ms / fused "
+        "AdamW ms in the same run) * 28 / the record's floor (B/param)",
+    ]
+    lines += [f"- {n}" for n in notes]
+    if header.get("published_settings"):
+        lines += ["", "Published implementations, constructed with:", ""]
+        lines += [f"- {k}: `{v}`" for k, v in header["published_settings"].items()]
+    for set_name in header["sets"]:
+        lines += ["", f"## {set_name}", "",
+                  "| optimizer | row | ms/step | ratio to floor | floor B/param | first step (s) | warm build (s) "
+                  "| fused AdamW ms |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in results:
+            if r.set_name != set_name:
+                continue
+            ms, ratio = _cell(r)
+            lines.append(f"| {r.algorithm} | {r.label} | {ms} | {ratio} | {r.floor:g} | {_fmt(r.first_step_s, '.2f')} "
+                         f"| {_fmt(r.warm_build_s, '.1f')} | {_fmt(r.baseline_ms, '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path: str | Path, header: dict[str, Any], results: list[RowResult], notes: list[str] = ()) -> Path:
+    """``path``.md (the report) and ``path``.json beside it (``path`` without suffix or with .md)."""
+    base = Path(path).with_suffix("")
+    base.with_suffix(".json").write_text(json.dumps(
+        {"header": header, "notes": list(notes), "results": [dataclasses.asdict(r) for r in results]}, indent=1) + "\n")
+    base.with_suffix(".md").write_text(format_markdown(header, results, notes))
+    return base.with_suffix(".json")
+
+
+def load_results(path: str | Path) -> tuple[dict[str, Any], list[RowResult]]:
+    data = json.loads(Path(path).with_suffix(".json").read_text())
+    return data["header"], [RowResult(**r) for r in data["results"]]
+
+
+def readme_table(result_file: str | Path) -> str:
+    """The README's benchmark table, from a committed result file: per optimizer and set, the default
+    path's ms and ratio to the floor, the compiled path's, its build time cold / warm, and the published
+    implementations' ms (ratio) beside them."""
+    header, results = load_results(result_file)
+    lines = ["| optimizer | set | default ms | ratio | compiled ms | ratio | build cold / warm (s) "
+             "| published ms (ratio) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for set_name in header["sets"]:
+        names = list(dict.fromkeys(r.algorithm for r in results if r.set_name == set_name))
+        for name in names:
+            rows = [r for r in results if r.set_name == set_name and r.algorithm == name]
+            default = next((r for r in rows if r.kind == "default"), None)
+            compiled = next((r for r in rows if r.kind == "compiled"), None)
+            build = ""
+            if compiled is not None and math.isfinite(compiled.first_step_s):
+                build = f"{compiled.first_step_s:.0f} / {_fmt(compiled.warm_build_s, '.0f') or '-'}"
+            published = "; ".join(f"{r.label}: {_cell(r)[0]}" + (f" ({_cell(r)[1]})" if r.status == "ok" else "")
+                                  for r in rows if r.kind == "published")
+            lines.append(f"| {name} | {set_name} | {' | '.join(_cell(default))} | "
+                         f"{' | '.join(_cell(compiled)) if compiled else 'not run | '} | {build} | {published} |")
     return "\n".join(lines)
 
 
+# --- command line ----------------------------------------------------------------------------------------
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizers", nargs="*", default=None,
-                        help="registry names to time (default: every available one; AdamW baselines always run)")
+                        help="registry names to time (default: every available one written here)")
     parser.add_argument("--set", dest="sets", nargs="*", choices=list(SETS), default=None,
-                        help="parameter sets (default: generator discriminator union)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per optimizer (median reported)")
+                        help="parameter sets (default: generator discriminator union; tiny is synthetic)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per row (median reported)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the first")
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()), help="torch threads")
-    parser.add_argument("--compiled", choices=["auto", "0", "1", "both"], default="both",
-                        help="for optimizers with a compiled update: eager (0), compiled (1), both, or auto")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the rows that compile (our compiled path, heavyball)")
+    parser.add_argument("--no-published", dest="published", action="store_false",
+                        help="skip the published implementations")
+    parser.add_argument("--no-warm", dest="warm", action="store_false",
+                        help="skip the second (warm-cache) build of compiled rows")
+    parser.add_argument("--build-timeout", type=float, default=600.0,
+                        help="seconds a compiling row may take to build before it is reported as unfinished")
     parser.add_argument("--quick", action="store_true",
-                        help="generator set only, few repeats, AdamW baselines and Lion (eager): a smoke run")
-    parser.add_argument("--output", help="also write the markdown table to this file")
+                        help="smoke run: generator set, Lion, default and published rows, few repeats")
+    parser.add_argument("--output", help="write the report to OUTPUT.md and the data to OUTPUT.json")
+    parser.add_argument("--readme-table", metavar="RESULT_JSON",
+                        help="print the README's benchmark table generated from a result file, and exit")
 
 
-def run_from_args(args: argparse.Namespace, extra_rows: list[tuple[str, Builder]] | None = None) -> int:
+def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "readme_table", None):
+        print(readme_table(args.readme_table))
+        return 0
     if args.quick:
-        names = args.optimizers if args.optimizers is not None else [n for n in ("Lion",) if optimizer_info(n).available]
+        names = args.optimizers if args.optimizers is not None else ["Lion"]
         sets = args.sets or ["generator"]
-        repeats, warmup = args.repeats or 3, args.warmup or 1
-        compiled = "0" if args.compiled == "both" else args.compiled
+        repeats, warmup, compiled = args.repeats or 3, args.warmup or 1, False
     else:
-        names = args.optimizers if args.optimizers is not None else list_optimizers(available_only=True)
-        sets = args.sets or list(SETS)
+        names = args.optimizers if args.optimizers is not None else [
+            n for n in list_optimizers(available_only=True) if optimizer_info(n).source == "rvc_optim"]
+        sets = args.sets or ["generator", "discriminator", "union"]
         repeats, warmup, compiled = args.repeats or 10, args.warmup or 3, args.compiled
     names = [optimizer_info(n).name for n in names]
+    rows, notes = plan_rows(names, compiled=compiled, published=args.published)
+    header = make_header(rows, sets, args.threads, repeats, warmup)
     print(f"torch {torch.__version__}, {args.threads} threads, sets {', '.join(sets)}")
-    rows = registry_rows(names, compiled) + list(extra_rows or [])
-    results = run(rows, sets, repeats, warmup, args.threads)
-    table = format_table(results)
+    for note in notes:
+        print("  " + note)
+    results = run(rows, sets, repeats, warmup, args.threads, args.build_timeout, args.warm)
+    report = format_markdown(header, results, notes)
     print()
-    print(table)
+    print(report)
     if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(table + "\n")
-    return 0 if all(math.isfinite(r.ms) for r in results) else 1
+        print(f"wrote {write_results(args.output, header, results, notes)} and its .md")
+    return 0 if all(r.status == "ok" for r in results if r.kind != "published") else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        sys.exit(_child_main(sys.argv[2]))
+    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(run_from_args(_parser.parse_args()))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rvc_optim.records import CurvatureRefresh, OptimizerInfo, Paper, ParamRouting, Protocol, RunLength
+from rvc_optim.records import CurvatureRefresh, OptimizerInfo, Paper, ParamRouting, Protocol, RunLength, memory_floor
 
 __all__ = ["GOALS", "Goal", "RECORDS"]
 
@@ -172,6 +172,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "a reason to change them."
         ),
         state="exp_avg, exp_avg_sq: 2x params (a third with amsgrad)",
+        floor_bytes_per_param=memory_floor(2),
         recommended=RVC_ADAMW,
         aliases=("torch-adamw",),
         test_settings={"lr": 1e-2},
@@ -203,6 +204,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "optimizer; its benefit on RVC's GAN training has not been measured here."
         ),
         state="z, exp_avg_sq: 2x params (no first moment)",
+        floor_bytes_per_param=memory_floor(2),
         recommended={
             "lr": 5e-4,
             "betas": RVC_BETAS,
@@ -249,6 +251,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "parameters) so it can route each tensor."
         ),
         state="momentum_buffer: 1x for Muon-routed weights; exp_avg, exp_avg_sq: 2x for the AdamW-routed rest",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0},
         protocol=Protocol(
             param_routing=ParamRouting(
@@ -294,6 +297,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "trainer can run the refresh (update_hessian) every 10 steps."
         ),
         state="exp_avg, hessian: 2x params",
+        floor_bytes_per_param=memory_floor(1, 1),
         recommended={"lr": RVC_LR, "betas": RVC_BETAS, "weight_decay": RVC_WEIGHT_DECAY},
         protocol=Protocol(
             curvature_refresh=CurvatureRefresh(
@@ -332,6 +336,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "for RVC) with weight decay raised by the same factor."
         ),
         state="exp_avg: 1x params",
+        floor_bytes_per_param=memory_floor(1),
         # lr 3.3x below RVC's and decay 3x above it keep lr * weight_decay close to AdamW's.
         recommended={"lr": 3e-5, "betas": RVC_BETAS, "weight_decay": 0.03},
         test_settings={"lr": 1e-3},
@@ -367,6 +372,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "setting does); d_coef below 1.0 is the knob if steps are too large."
         ),
         state="exp_avg, exp_avg_sq, s, p0: 4x params (s and p0 shrink with slice_p)",
+        floor_bytes_per_param=memory_floor(3, 1, reduction=True),
         recommended={
             "lr": 1.0,
             "betas": RVC_BETAS,
@@ -407,6 +413,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "decoupled_weight_decay=True (the recommended setting does) to keep AdamW's decay."
         ),
         state="exp_avg, exp_avg_sq: 2x params, plus a scalar mu_product",
+        floor_bytes_per_param=memory_floor(2),
         recommended={**RVC_ADAMW, "decoupled_weight_decay": True},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
@@ -435,6 +442,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "fallback lasts only about six steps, so the difference from AdamW is small."
         ),
         state="exp_avg, exp_avg_sq: 2x params",
+        floor_bytes_per_param=memory_floor(2),
         recommended={**RVC_ADAMW, "decoupled_weight_decay": True},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
@@ -464,6 +472,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "three betas; RVC's two-element betas do not fit."
         ),
         state="exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad: 4x params",
+        floor_bytes_per_param=memory_floor(4),
         recommended={"lr": RVC_LR, "betas": (0.98, 0.92, 0.99), "eps": RVC_EPS, "weight_decay": 0.02},
         protocol=Protocol(host_syncs_per_step=0, host_sync_reason="the optional clip factor stays on the device"),
         test_settings={"lr": 1e-2},
@@ -493,6 +502,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "setting does), and plain AdamW is equivalent."
         ),
         state="exp_avg (momentum_dtype), exp_avg_sq (variance_dtype), compensation with Kahan: 2-3 buffers",
+        floor_bytes_per_param=memory_floor(2),
         recommended={**RVC_ADAMW, "variance_dtype": torch.float32},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
@@ -524,6 +534,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "weight-norm magnitudes of shape [C, 1, 1]."
         ),
         state="grad_ma, neg_grad_ma, variance_ma, lookahead_params: 4x params",
+        floor_bytes_per_param=memory_floor(4, reduction=True),
         recommended={"lr": RVC_LR, "betas": RVC_BETAS},
         protocol=Protocol(
             owns_schedule=True,
@@ -569,6 +580,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "beta1=0.8 adds RVC's momentum at the cost of one full buffer."
         ),
         state="factored second moment: O(rows+cols) per matrix, sublinear; exp_avg 1x when beta1 is set",
+        floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={
             "lr": RVC_LR,
             "relative_step": False,
@@ -604,6 +616,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "weight decay is L2 unless decouple=True (the recommended setting sets it)."
         ),
         state="exp_avg, exp_avg_sq, s: 3x params",
+        floor_bytes_per_param=memory_floor(3, reduction=True),
         recommended={
             "lr": 1.0,
             "betas": RVC_BETAS,
@@ -645,6 +658,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "decay. The recommended setting has no weight decay."
         ),
         state="exp_avg, exp_avg_sq: 2x params (a third with amsgrad)",
+        floor_bytes_per_param=memory_floor(2),
         recommended=RVC_ADAM,
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
@@ -674,6 +688,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "needs a larger lr than AdamW (1e-3 is an untested starting guess for RVC)."
         ),
         state="exp_avg, exp_avg_sq, max_exp_avg_sq: 3x params (2x with amsgrad=False)",
+        floor_bytes_per_param=memory_floor(3),
         recommended={"lr": 1e-3, "betas": RVC_BETAS, "eps": RVC_EPS},
         test_settings={"lr": 1e-2},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale guess",
@@ -707,6 +722,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "warm-up); keep the warm-up."
         ),
         state="exp_avg_grad, approx_hessian, update: 3x params",
+        floor_bytes_per_param=memory_floor(3, reduction=True),
         recommended={"lr": 1e-2, "beta": 0.9, "eps": 1e-4, "warmup": 500, "init_lr": 1e-5},
         test_settings={"lr": 1e-2, "warmup": 5},
         test_settings_reason="a 500-step warm-up keeps the 50-step contract at a fraction of the learning rate",
@@ -736,6 +752,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "plus the confidence decay) and an eps pair; lr 1e-4 is a reasonable start."
         ),
         state="exp_avg: 1x; factored second moment and residual: O(rows+cols) per matrix (2x for 1-D)",
+        floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": RVC_LR, "betas": (0.8, 0.99, 0.9999), "weight_decay": RVC_WEIGHT_DECAY},
         corrections=(
             "CAME tracks no gradient sign consistency: it is Adafactor with a confidence-guided, "
@@ -766,6 +783,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "gradients make the per-element step small, so it needs an lr around 1e-3 to 1e-2."
         ),
         state="exp_avg: 1x params, plus one scalar per tensor",
+        floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": 1e-3, "betas": (0.95, 0.98), "weight_decay": 1e-3},
         aliases=("nvnovograd",),
         corrections=(
@@ -793,6 +811,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "baseline. Keep the decay small or zero; otherwise prefer ScheduleFreeAdamW."
         ),
         state="z, exp_avg_sq: 2x params",
+        floor_bytes_per_param=memory_floor(2),
         recommended={"lr": 5e-4, "betas": RVC_BETAS, "eps": RVC_EPS, "warmup_steps": SF_WARMUP_STEPS},
         protocol=SCHEDULE_FREE_PROTOCOL,
         aliases=("sf-adam", "adam-schedulefree"),
@@ -819,6 +838,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "if you try it."
         ),
         state="alpha_k, s_k, x0: 3x params",
+        floor_bytes_per_param=memory_floor(2, 1, reduction=True),
         recommended={"lr": 1.0},
         protocol=Protocol(
             lr_role="multiplier",
@@ -856,6 +876,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "use momentum 0.9 and an lr of 1e-3 to 1e-2."
         ),
         state="momentum_buffer: 1x params (none without momentum)",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-3, "momentum": 0.9},
         test_settings={"lr": 0.05, "momentum": 0.9},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
@@ -880,6 +901,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "GAN; use about 1e-4."
         ),
         state="square_avg: 1x params (+ grad_avg if centered, + momentum_buffer with momentum)",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": RVC_LR, "alpha": 0.99, "eps": RVC_EPS},
     ),
     OptimizerInfo(
@@ -902,6 +924,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "discriminator."
         ),
         state="exp_avg, exp_avg_var: 2x params (a third with amsgrad)",
+        floor_bytes_per_param=memory_floor(2),
         recommended={"lr": RVC_LR, "betas": RVC_BETAS, "eps": 1e-16, "weight_decay": RVC_WEIGHT_DECAY},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
@@ -925,6 +948,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "conservative over a long run. Same settings as AdaBelief."
         ),
         state="exp_avg, exp_avg_var, max_exp_avg_var: 3x params",
+        floor_bytes_per_param=memory_floor(3),
         recommended={"lr": RVC_LR, "betas": RVC_BETAS, "eps": 1e-16, "weight_decay": RVC_WEIGHT_DECAY},
         corrections=(
             "no paper, package or repository defines an 'AdaBeliefV2'; here it is AdaBelief (Zhuang et al. "
@@ -954,6 +978,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "plain Adam steps at that lr."
         ),
         state="exp_avg, exp_avg_sq: 2x params",
+        floor_bytes_per_param=memory_floor(2, reduction=True),
         recommended={
             "lr": 1e-3,
             "betas": RVC_BETAS,
@@ -989,6 +1014,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "here) also scales biases and gains, which otherwise take raw SGD steps at that lr."
         ),
         state="momentum_buffer: 1x params",
+        floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": 1.0, "momentum": 0.9, "weight_decay": 1e-4, "trust_coeff": 1e-3, "always_adapt": True},
         protocol=Protocol(host_syncs_per_step=0, host_sync_reason="trust ratios stay on the device"),
         corrections=(
@@ -1019,6 +1045,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "ever-shrinking step is a poor fit."
         ),
         state="sum: 1x params (allocated at construction)",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-3},
         corrections=(FUSED_CORRECTION,),
     ),
@@ -1040,6 +1067,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Rarely for RVC. Keep lr 1.0 and eps 1e-6: RVC's eps 1e-9 would make the start extremely slow."
         ),
         state="square_avg, acc_delta: 2x params",
+        floor_bytes_per_param=memory_floor(2),
         recommended={"lr": 1.0, "rho": 0.9, "eps": 1e-6},
         protocol=Protocol(lr_role="multiplier"),
         corrections=(
@@ -1062,6 +1090,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         when_to_use="A niche Adam variant; RVC's Adam settings work with it.",
         state="exp_avg, exp_inf: 2x params",
+        floor_bytes_per_param=memory_floor(2),
         recommended=RVC_ADAM,
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
@@ -1087,6 +1116,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         when_to_use="Of little use for RVC; the averaging it is named for needs t0 set and manual use of ax.",
         state="ax: 1x params, plus scalars eta and mu",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-3},
         protocol=Protocol(
             host_syncs_per_step=1,
@@ -1117,6 +1147,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "0.9 is a common choice, not the authors' default of 0."
         ),
         state="s, x0: 2x params (z = x0 - s is not stored)",
+        floor_bytes_per_param=memory_floor(1, 1, reduction=True),
         recommended={"lr": 1.0, "momentum": 0.9},
         protocol=Protocol(
             lr_role="multiplier",
@@ -1147,6 +1178,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "(0.7, 1.0) are the paper's suggestion; with (1, 1) it is plain Adam."
         ),
         state="exp_avg, exp_avg_sq: 2x params",
+        floor_bytes_per_param=memory_floor(2),
         recommended={**RVC_ADAMW, "nus": (0.7, 1.0), "decouple_weight_decay": True},
         aliases=("quasi-hyperbolic-adam",),
         test_settings={"lr": 1e-2},
@@ -1180,6 +1212,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "networks switch at different times. An LR scheduler would overwrite the switched rate."
         ),
         state="exp_avg, exp_avg_sq: 2x params (+ momentum_buffer 1x after the switch)",
+        floor_bytes_per_param=memory_floor(2),
         recommended=RVC_ADAM,
         protocol=Protocol(
             host_syncs_per_step=1,
@@ -1214,6 +1247,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "checks, and a larger epsilon (1e-2) keeps stale preconditioners from exploding."
         ),
         state="momentum_buffer 1x, plus a d x d statistic and its inverse root per dimension: 2*sum(d_i^2) per tensor",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-3, "momentum": 0.0, "epsilon": 1e-2, "update_freq": 10},
         protocol=Protocol(
             host_syncs_per_step=1,
@@ -1245,6 +1279,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Keep max_precond_dim at least 768 so RVC's layers are preconditioned."
         ),
         state="exp_avg, exp_avg_sq 2x, plus GG and Q (d x d) per preconditioned dimension",
+        floor_bytes_per_param=memory_floor(2),
         recommended={"lr": RVC_LR, "betas": RVC_BETAS, "eps": 1e-8, "weight_decay": RVC_WEIGHT_DECAY},
         protocol=Protocol(
             host_syncs_per_step=1,
@@ -1276,6 +1311,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "default gives a first step of g/20."
         ),
         state="avg_grad, x_k: 2x params, plus scalars",
+        floor_bytes_per_param=memory_floor(2),
         recommended={"beta": 10.0, "lips": 100.0},
         protocol=Protocol(lr_role="none", host_syncs_per_step=0, host_sync_reason="h stays a device tensor"),
         corrections=(
@@ -1301,6 +1337,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "default betas; the recommended lr 3e-4 makes that about 1e-2."
         ),
         state="one momentum buffer per beta: 3x params with the default betas",
+        floor_bytes_per_param=memory_floor(3),
         recommended={"lr": 3e-4},
         aliases=("aggregated-momentum",),
         test_settings={"lr": 1e-2},
@@ -1330,6 +1367,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "the effective step about 50x lr."
         ),
         state="i_buffer, grad_buffer, d_buffer: 3x params",
+        floor_bytes_per_param=memory_floor(3),
         recommended={"lr": RVC_LR, "momentum": 0.9},
         aliases=("pid-optimizer",),
         test_settings={"lr": 3e-3, "momentum": 0.9},
@@ -1354,6 +1392,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "rather than RVC's 1e-9, with lr 1e-4 to 1e-3."
         ),
         state="exp_avg, exp_avg_sq: 2x params",
+        floor_bytes_per_param=memory_floor(2),
         recommended={"lr": 3e-4, "betas": RVC_BETAS, "eps": 1e-6},
         test_settings={"lr": 1e-2},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
@@ -1386,6 +1425,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "authors start at 1e-2."
         ),
         state="none (a scalar per tensor with p_bound)",
+        floor_bytes_per_param=memory_floor(0, reduction=True),
         recommended={"lr": 1e-3},
         corrections=(
             "the name stands for Frobenius matched gradient descent; it performs no functional "
@@ -1412,6 +1452,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Start around lr 1e-2 with momentum 0.9; the authors use a warm-up."
         ),
         state="one accumulator per dimension: sum(n_i) per tensor, sublinear; momentum_buffer 1x with momentum",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-2, "momentum": 0.9},
         corrections=(
             "it does not keep an element-wise maximum of squared gradients: accumulators are per slice, "
@@ -1436,6 +1477,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "1e-2 or more with a warm-up, and call train()/eval()."
         ),
         state="z: 1x params",
+        floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-2, "momentum": 0.9, "warmup_steps": SF_WARMUP_STEPS},
         protocol=SCHEDULE_FREE_PROTOCOL,
         aliases=("sf-sgd", "sgd-schedulefree"),
@@ -1463,6 +1505,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "treated as 1-D or left unconstrained). Build it before the first forward pass."
         ),
         state="exp_avg_sq: one value per neuron (sublinear for matrices, 1x for vectors), plus a scale per tensor",
+        floor_bytes_per_param=memory_floor(0, reduction=True),
         recommended={"lr": 1e-3},
         corrections=(
             "it normalises per neuron, not per matrix, projects weights to zero mean as well as unit norm, "

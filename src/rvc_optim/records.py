@@ -26,6 +26,7 @@ __all__ = [
     "ParamRouting",
     "Protocol",
     "RunLength",
+    "memory_floor",
 ]
 
 LrRole = Literal["step", "multiplier", "none"]
@@ -34,6 +35,20 @@ Source = Literal["torch", "rvc_optim"]
 
 class NotImplementedYet(NotImplementedError):
     """Raised when a registered optimizer has a record but no implementation yet."""
+
+
+def memory_floor(state_rw: float, state_ro: float = 0.0, reduction: bool = False) -> float:
+    """The fp32 bytes one update must move per parameter (the benchmark's floor).
+
+    4 to read and 4 to write the parameter, 4 to read the gradient, 8 for each per-parameter state
+    tensor the update reads and writes (``state_rw`` of them), 4 for each it only reads (``state_ro``);
+    an algorithm that must finish a global or per-tensor reduction (a norm, a dot product, a trust ratio)
+    before it can update reads everything it reads once more (``reduction``). State that does not grow
+    with the parameter count (factored or per-dimension statistics, scalars) counts as 0.
+    """
+    read = 8.0 + 4.0 * (state_rw + state_ro)
+    moved = 12.0 + 8.0 * state_rw + 4.0 * state_ro
+    return moved + (read if reduction else 0.0)
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -185,6 +200,9 @@ class OptimizerInfo:
     test_settings: Mapping[str, Any] = field(default_factory=dict)
     test_settings_reason: str = ""
     corrections: tuple[str, ...] = ()
+    # The fp32 bytes one update of the algorithm must move per parameter (:func:`memory_floor`): the
+    # benchmark divides by it, for ours and for every published implementation of the same algorithm.
+    floor_bytes_per_param: float = float("nan")
 
     def __post_init__(self) -> None:
         if not 2.0 <= self.rating <= 5.0:

@@ -1,0 +1,194 @@
+"""The benchmark's machinery on a tiny parameter set (no timing assertions) and the records' floors."""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import pytest
+import torch
+
+from rvc_optim.catalog import RECORDS
+from rvc_optim.records import memory_floor
+from rvc_optim.registry import create_optimizer, optimizer_info
+
+IMPLEMENTED = [r.name for r in RECORDS if r.available]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: r.name)
+def test_every_record_has_a_floor(record):
+    floor = record.floor_bytes_per_param
+    assert math.isfinite(floor) and floor >= 12.0, f"{record.name}: floor_bytes_per_param not filled"
+    assert floor % 4 == 0
+
+
+def _allocated_state(name: str) -> tuple[float, torch.optim.Optimizer]:
+    """Bytes of per-parameter state tensors (not 0-d scalars) per parameter after two steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    info = optimizer_info(name)
+    extra = {"num_iterations": 100} if info.protocol.run_length else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = create_optimizer(name, model, **extra)
+    if info.protocol.train_eval:
+        optimizer.train()
+    for _ in range(2):
+        model(torch.randn(8, 16)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    numel = sum(p.numel() for p in model.parameters())
+    total = sum(v.numel() * v.element_size() for p in model.parameters()
+                for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v) and v.dim() > 0)
+    return total / numel, optimizer
+
+
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_floor_matches_the_state_the_class_allocates(name):
+    """The record's floor is memory_floor(read-written, read-only, reduction) for a split of the state the
+    class really keeps (each fp32 tensor of the parameter's size is one unit); where the class says which
+    tensors it only reads and whether it needs a reduction pass, the floor must use exactly that."""
+    state_bytes, optimizer = _allocated_state(name)
+    units = state_bytes / 4.0
+    assert units == int(units), f"{name}: state is not whole fp32 buffers ({state_bytes} B/param)"
+    floor = optimizer_info(name).floor_bytes_per_param
+    splits = {(ro, red): memory_floor(units - ro, ro, red) for ro in range(int(units) + 1) for red in (False, True)}
+    assert floor in splits.values(), f"{name}: floor {floor} fits no split of {units:g} state buffers"
+    declared_ro = getattr(optimizer, "read_only_state", None)
+    declared_red = getattr(optimizer, "needs_reduction_pass", None)
+    if declared_ro is not None or declared_red is not None:
+        assert floor == memory_floor(units - len(declared_ro or ()), len(declared_ro or ()), bool(declared_red))
+
+
+# --- the benchmark's machinery, on the tiny synthetic set --------------------------------------------------
+
+from rvc_optim import benchmark  # noqa: E402
+
+
+class _NoOp(torch.optim.Optimizer):
+    """A step that does nothing (what heavyball's classes did when their gradients were gone)."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure=None):
+        return None
+
+
+def _tiny_run(rows, builders=None):
+    return benchmark.run(rows, ["tiny"], repeats=2, warmup=1, threads=1, builders=builders, echo=lambda *a, **k: None)
+
+
+def test_rows_come_default_then_compiled_then_published():
+    rows, _ = benchmark.plan_rows(["Lion", "Adan"], compiled=True, published=True)
+    for name in ("Lion", "Adan"):
+        kinds = [r.kind for r in rows if r.algorithm == name]
+        assert kinds[:2] == ["default", "compiled"]
+        assert set(kinds[2:]) <= {"published"} and len(kinds) > 2
+    rows, _ = benchmark.plan_rows(["Lion"], compiled=False, published=True)
+    assert [r.kind for r in rows][0] == "default" and "compiled" not in [r.kind for r in rows]
+
+
+def test_published_rows_use_the_records_settings():
+    pub = next(p for p in benchmark.PUBLISHED["Lion"] if p.module == "pytorch_optimizer")
+    kwargs = benchmark.published_kwargs("Lion", pub)
+    recommended = optimizer_info("Lion").recommended
+    assert kwargs["lr"] == recommended["lr"] and tuple(kwargs["betas"]) == tuple(recommended["betas"])
+    assert kwargs["weight_decay"] == recommended["weight_decay"]
+
+
+def test_a_step_that_changes_nothing_is_flagged_not_timed():
+    row = benchmark.Row("Lion", "default")
+    results = _tiny_run([row], builders={("Lion", "default"): _NoOp})
+    (result,) = results
+    assert result.status == benchmark.DID_NOT_UPDATE
+    assert math.isnan(result.ms) and math.isnan(result.ratio)
+    assert benchmark.DID_NOT_UPDATE in benchmark.format_markdown(
+        benchmark.make_header([row], ["tiny"], 1, 2, 1, command="x"), results)
+
+
+def test_a_library_that_clears_gradients_still_updates():
+    class ClearsGrad(torch.optim.SGD):
+        def step(self, closure=None):
+            super().step(closure)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+
+    (result,) = _tiny_run([benchmark.Row("Lion", "default")],
+                          builders={("Lion", "default"): lambda ps: ClearsGrad(ps, lr=0.1)})
+    assert result.status == "ok"
+
+
+def test_floor_is_the_records_for_ours_and_published():
+    rows, _ = benchmark.plan_rows(["Lion"], compiled=False, published=True)
+    assert any(r.kind == "published" for r in rows)
+    results = _tiny_run(rows)
+    floor = optimizer_info("Lion").floor_bytes_per_param
+    assert [r.floor for r in results] == [floor] * len(rows)
+    for r in results:
+        assert r.status == "ok", (r.label, r.status)
+        assert r.ratio == pytest.approx((r.ms / r.baseline_ms) * 28.0 / floor)
+
+
+def test_header_fields(tmp_path):
+    rows, notes = benchmark.plan_rows(["Lion"], compiled=False, published=True)
+    header = benchmark.make_header(rows, ["tiny"], threads=1, repeats=2, warmup=1)
+    for key in ("machine", "threads", "torch", "libraries", "date", "command"):
+        assert header[key] not in ("", None), key
+    assert "pytorch_optimizer" in header["libraries"]
+    text = benchmark.format_markdown(header, [], notes)
+    for needle in ("machine:", "torch " + torch.__version__, "date:", "command:", "pytorch_optimizer 4"):
+        assert needle in text
+
+
+def test_result_file_and_readme_table_round_trip(tmp_path):
+    rows, notes = benchmark.plan_rows(["Lion"], compiled=False, published=True)
+    results = _tiny_run(rows)
+    header = benchmark.make_header(rows, ["tiny"], 1, 2, 1, command="python benchmarks/step_time.py --set tiny")
+    path = benchmark.write_results(tmp_path / "run", header, results, notes)
+    assert path.with_suffix(".md").read_text() == benchmark.format_markdown(header, results, notes)
+    loaded_header, loaded = benchmark.load_results(path)
+    assert loaded_header == json_roundtrip(header)
+    assert [r.label for r in loaded] == [r.label for r in results]
+    table = benchmark.readme_table(path)
+    lines = table.splitlines()
+    assert lines[0].startswith("| optimizer | set | default ms")
+    (lion,) = [line for line in lines if line.startswith("| Lion | tiny |")]
+    assert f"{results[0].ms:.1f}" in lion and "not run" in lion
+    for r in results[1:]:
+        assert f"{r.label}: {r.ms:.1f}" in lion
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def test_a_build_that_does_not_finish_is_reported_not_waited_for(tmp_path):
+    out = benchmark._run_child([sys.executable, "-c", "import time; time.sleep(30)"], str(tmp_path), timeout=0.5)
+    assert out == "build did not finish in 0 s" or out.startswith("build did not finish")
+
+
+def test_bytes_per_param_is_the_records_floor():
+    params = benchmark.make_parameters("tiny")
+    for name in ("Lion", "Prodigy", "AdamW"):
+        optimizer = create_optimizer(name, params)
+        assert benchmark.bytes_per_param(optimizer, params) == optimizer_info(name).floor_bytes_per_param
+
+
+def test_heavyball_without_compiling_updates_once_gradients_are_reattached():
+    """heavyball clears .grad in step(): a benchmark that does not re-attach them times a no-op."""
+    heavyball = pytest.importorskip("heavyball")
+    import heavyball.utils
+
+    saved, heavyball.utils.compile_mode = heavyball.utils.compile_mode, None
+    try:
+        pub = benchmark.Published("heavyball", "heavyball", "AdamW", compiles=True)
+        row = benchmark.Row("AnyPrecisionAdamW", "published", pub)
+        (result,) = _tiny_run([row], builders={(row.algorithm, row.label): benchmark.builder_for(row)})
+    finally:
+        heavyball.utils.compile_mode = saved
+    assert result.status == "ok"
