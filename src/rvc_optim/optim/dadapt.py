@@ -296,7 +296,6 @@ class _DAdaptBase(Optimizer):
         super().__init__(params, defaults)
         self.d0 = d0
         self._calls = 0
-        self._compiled = compiled
         self._check_lrs()
         self._statistics_fn = UpdateFunction(statistics, compiled)
         self._apply_fn = UpdateFunction(apply, compiled)
