@@ -136,9 +136,13 @@ ADABELIEF_PAPER = Paper(
 
 # --- protocols shared by several records -------------------------------------------------------------
 SCHEDULE_FREE_PROTOCOL = Protocol(owns_schedule=True, train_eval=True)
-D_ADAPT_SYNC = (
+PRODIGY_SYNC = (
     "d: the global sums that decide the step size are reduced on the device and d stays there "
     "(the step that creates state reads once which parameters are all zero)"
+)
+D_ADAPT_SYNC = (
+    "d: the global sums that decide the step size are reduced on the device and d stays there; the "
+    "references' early return (every gradient so far zero) is a torch.where, not a branch"
 )
 
 
@@ -385,7 +389,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             owns_schedule=True,
             scheduler_allowed_with="safeguard_warmup=True",
             host_syncs_per_step=0,
-            host_sync_reason=D_ADAPT_SYNC,
+            host_sync_reason=PRODIGY_SYNC,
             single_lr=True,
         ),
         aliases=("prodigyopt",),

@@ -3,8 +3,9 @@
 The optimizer classes gather a param group's tensors, group them by device and dtype, and hand the
 lists to their algorithm's update function. The pieces several algorithms share live here:
 argument checks with messages that name the argument, collecting parameters that have gradients
-(rejecting sparse ones clearly), lazily created state, per-step scalars as 0-d tensors, bias
-correction and decoupled weight decay.
+(rejecting sparse ones clearly), lazily created state, step counters, per-step scalars as 0-d
+tensors, bias correction, decoupled weight decay, and the global sums and dots that step-size
+estimates (D-Adaptation, Prodigy) and Ranger21's sigma reduce a whole list of tensors to.
 """
 
 from __future__ import annotations
@@ -17,21 +18,33 @@ from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
+    "adam_step_correction",
     "add_scaled_",
     "addcdiv_scaled_",
     "bias_correction",
     "check_betas",
     "check_eps",
     "check_lr",
+    "check_momentum",
     "check_nonnegative",
+    "check_nonnegative_int",
+    "check_positive",
     "check_weight_decay",
     "decay_weights_",
+    "foreach_abs_sums",
+    "foreach_dot",
     "foreach_mul_by_constant_",
+    "foreach_square_sum",
+    "foreach_sum_",
+    "foreach_sums_of_nonnegative",
     "group_by_device_and_dtype",
+    "group_value",
     "params_with_grad",
     "run_closure",
     "scalar",
     "state_tensor",
+    "statistic_dtype",
+    "step_counter",
 ]
 
 
@@ -177,3 +190,110 @@ def foreach_mul_by_constant_(tensors: list[Tensor], factor: float) -> None:
     if tensors:
         dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
         torch._foreach_mul_(tensors, torch.full((), factor, dtype=dtype, device=tensors[0].device))
+
+
+# --- more argument checks ------------------------------------------------------------------------------
+
+
+def check_positive(value: float | Tensor, name: str) -> None:
+    if not 0.0 < float(value):
+        raise ValueError(f"Invalid {name}: {float(value)} (must be > 0)")
+
+
+def check_momentum(momentum: float, name: str = "momentum") -> None:
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"Invalid {name} value: {momentum} (must be in [0, 1))")
+
+
+def check_nonnegative_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"Invalid {name} value: {value} (must be an integer >= 0)")
+
+
+# --- step counters and group statistics ----------------------------------------------------------------
+
+
+def step_counter(like: Tensor, value: float = 0.0) -> Tensor:
+    """A per-parameter step count: a 0-d float32 tensor on ``like``'s device, as torch.optim keeps it.
+
+    The convention for every counter the update reads (bias corrections): on the device, so counting
+    and reading it needs no host synchronisation. Two modules keep theirs elsewhere and say why:
+    AnyPrecisionAdamW (on the CPU, as the authors', bias corrections computed there) and Ranger21 (a
+    Python int: its warm-up, warm-down and Lookahead schedule is decided on the host).
+    """
+    return torch.full((), float(value), dtype=torch.float32, device=like.device)
+
+
+def statistic_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a step-size estimate's group values (d and its running sums): float64, except on
+    MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def group_value(value: float | Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """A group value (a Python number from the defaults or a reference's state_dict, or a tensor saved
+    on any device) as a 0-d tensor on ``device``, by default in :func:`statistic_dtype`."""
+    return torch.as_tensor(value, dtype=dtype or statistic_dtype(device), device=device).reshape(())
+
+
+def adam_step_correction(beta1: float, beta2: float, step: Tensor | float) -> Tensor | float:
+    """``sqrt(1 - beta2^step) / (1 - beta1^step)``: both of Adam's bias corrections folded into the
+    step size, as D-Adaptation and Prodigy apply them."""
+    return bias_correction(beta2, step) ** 0.5 / bias_correction(beta1, step)
+
+
+# --- global sums: one 0-d tensor (or one per tensor) from a list, with multi-tensor kernels -------------
+#
+# torch has no multi-tensor signed sum (``_foreach_norm`` takes absolute values). On the CPU a kernel
+# launch costs nothing, so one fused reduction per tensor beats building temporaries; elsewhere the
+# sums come from multi-tensor norms. Sums over float64 tensors are float64, all others float32.
+
+
+def _per_tensor(tensors: list[Tensor]) -> bool:
+    return tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64)
+
+
+def foreach_sum_(tensors: list[Tensor]) -> Tensor:
+    """``sum_i sum t_i`` as one 0-d tensor; overwrites ``tensors`` (pass temporaries).
+
+    On accelerators, from two multi-tensor L1 norms: ``sum x = 2 sum max(x, 0) - sum |x|``. Under
+    torch.compile the per-tensor sums are traced into the graph, where inductor fuses each with the
+    ops that made its tensor.
+    """
+    acc = scalar_dtype(tensors[0].dtype)
+    if _per_tensor(tensors) or torch.compiler.is_compiling():
+        return torch.stack([t.sum(dtype=acc) for t in tensors]).sum()
+    total = torch.stack(torch._foreach_norm(tensors, 1, dtype=acc)).sum()
+    torch._foreach_clamp_min_(tensors, 0.0)
+    positive = torch.stack(torch._foreach_norm(tensors, 1, dtype=acc)).sum()
+    return 2.0 * positive - total
+
+
+def foreach_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """``sum_i <a_i, b_i>`` over the two lists, as one 0-d tensor. On the CPU one fused ``dot`` per
+    tensor, with no temporaries; elsewhere one multi-tensor multiply and :func:`foreach_sum_`."""
+    if _per_tensor(a):
+        acc = scalar_dtype(a[0].dtype)
+        return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).sum(dtype=acc)
+    return foreach_sum_(torch._foreach_mul(a, b))
+
+
+def foreach_abs_sums(tensors: list[Tensor]) -> Tensor:
+    """``[sum |t| for t in tensors]`` as one 1-d tensor (one multi-tensor reduction)."""
+    return torch.stack(torch._foreach_norm(tensors, 1, dtype=scalar_dtype(tensors[0].dtype)))
+
+
+def foreach_sums_of_nonnegative(tensors: list[Tensor]) -> Tensor:
+    """``[sum t for t in tensors]`` as one 1-d tensor, for tensors with no negative entry (second
+    moments, squares): their L1 norms, or on the CPU, where ord-1 norms are slow, plain sums."""
+    if _per_tensor(tensors):
+        acc = scalar_dtype(tensors[0].dtype)
+        return torch.stack([t.sum(dtype=acc) for t in tensors])
+    return foreach_abs_sums(tensors)
+
+
+def foreach_square_sum(tensors: list[Tensor]) -> Tensor:
+    """``sum_i sum t_i**2`` as one 0-d tensor (squared L2 norms: torch.compile cannot trace
+    ``_foreach_powsum``)."""
+    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=scalar_dtype(tensors[0].dtype)))
+    return (norms * norms).sum()

@@ -54,6 +54,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    bias_correction,
     check_betas,
     check_eps,
     check_lr,
@@ -236,8 +237,8 @@ class AnyPrecisionAdamW(Optimizer):
             for step, indices in _same_step_buckets(steps):
                 # Exactly the authors' expressions on a float32 step tensor: float32 bias corrections,
                 # even for float64 parameters (see the module docstring).
-                step_size = lr / (1 - beta1**step)
-                denom_correction = (1 - beta2**step) ** 0.5
+                step_size = lr / bias_correction(beta1, step)
+                denom_correction = bias_correction(beta2, step) ** 0.5
                 lists = [params, grads, exp_avgs, exp_avg_sqs] + ([compensations] if kahan else [])
                 picked = [[tensors[i] for i in indices] for tensors in lists]
                 for device, dtype, tensors in group_by_device_and_dtype(*picked):

@@ -49,13 +49,23 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    adam_step_correction,
     check_betas,
+    check_momentum,
+    check_nonnegative_int,
+    check_positive,
     check_weight_decay,
+    foreach_abs_sums,
+    foreach_dot,
+    foreach_square_sum,
+    foreach_sums_of_nonnegative,
     group_by_device_and_dtype,
+    group_value,
     params_with_grad,
     run_closure,
     scalar,
     state_tensor,
+    step_counter,
 )
 
 __all__ = [
@@ -68,62 +78,9 @@ __all__ = [
     "dadapt_adam_statistics",
     "dadapt_sgd_apply",
     "dadapt_sgd_statistics",
-    "foreach_abs_sums",
-    "foreach_dot",
-    "foreach_square_sum",
-    "foreach_sums_of_nonnegative",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# --- multi-tensor reductions (candidates for _foreach.py) --------------------------------------------
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sums over float64 tensors stay float64; everything else is summed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _on_cpu(tensors: list[Tensor]) -> bool:
-    # On the CPU a kernel launch costs nothing, so a per-tensor reduction beats building temporaries.
-    return tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64)
-
-
-def foreach_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """``sum_i <a_i, b_i>`` over the two lists, as one 0-d tensor.
-
-    torch has no multi-tensor signed sum (``_foreach_norm``/``_foreach_powsum`` take absolute
-    values). On accelerators: one multi-tensor multiply, the products laid end to end (one ``cat``)
-    and one reduction: three launches whatever the number of tensors. On the CPU: one fused ``dot``
-    per tensor, with no temporaries.
-    """
-    acc = accumulation_dtype(a[0].dtype)
-    if _on_cpu(a):
-        return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).sum(dtype=acc)
-    products = torch._foreach_mul(a, b)
-    return torch.cat([t.reshape(-1) for t in products]).sum(dtype=acc)
-
-
-def foreach_abs_sums(tensors: list[Tensor]) -> Tensor:
-    """``[sum |t| for t in tensors]`` as one 1-d tensor (one multi-tensor reduction)."""
-    return torch.stack(torch._foreach_norm(tensors, 1, dtype=accumulation_dtype(tensors[0].dtype)))
-
-
-def foreach_sums_of_nonnegative(tensors: list[Tensor]) -> Tensor:
-    """``[sum t for t in tensors]`` as one 1-d tensor, for tensors with no negative entry: their L1
-    norms, one multi-tensor reduction (on the CPU, where ord-1 norms are slow, plain sums)."""
-    if _on_cpu(tensors):
-        acc = accumulation_dtype(tensors[0].dtype)
-        return torch.stack([t.sum(dtype=acc) for t in tensors])
-    return foreach_abs_sums(tensors)
-
-
-def foreach_square_sum(tensors: list[Tensor]) -> Tensor:
-    """``sum_t sum t**2`` over all the tensors, as one 0-d tensor (squared L2 norms: torch.compile
-    cannot trace ``_foreach_powsum``)."""
-    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=accumulation_dtype(tensors[0].dtype)))
-    return (norms * norms).sum()
 
 
 # --- the updates ------------------------------------------------------------------------------------
@@ -291,29 +248,14 @@ def dadapt_sgd_apply(
     _average_into(params, z, keep, weight, average)
 
 
-# --- shared machinery of the three classes ------------------------------------------------------------
-
-
-def _check_positive(value: float, name: str) -> None:
-    if not 0.0 < float(value):
-        raise ValueError(f"Invalid {name}: {float(value)} (must be > 0)")
-
-
-def _check_momentum(momentum: float) -> None:
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"Invalid momentum value: {momentum} (must be in [0, 1))")
+# --- the step the three classes share --------------------------------------------------------------------
 
 
 def _check_common(lr: float, d0: float, weight_decay: float, log_every: int) -> None:
-    _check_positive(lr, "learning rate (lr)")
-    _check_positive(d0, "d0")
+    check_positive(lr, "learning rate (lr)")
+    check_positive(d0, "d0")
     check_weight_decay(weight_decay)
-    if int(log_every) != log_every or log_every < 0:
-        raise ValueError(f"Invalid log_every value: {log_every} (must be an integer >= 0)")
-
-
-def _scalar_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
+    check_nonnegative_int(log_every, "log_every")
 
 
 class _Chunk:
@@ -329,37 +271,117 @@ class _Chunk:
 
 
 class _DAdaptBase(Optimizer):
-    """What the three D-Adaptation classes share: lr checks, gathering, group scalars, logging, FSDP."""
+    """The step the three D-Adaptation variants share, once::
+
+        gather the chunks -> step size -> each chunk's statistics, summed -> running statistics
+        -> (all-reduce) -> d <- max(d, min(d_hat, d * growth_rate)) -> each chunk's update
+        -> group values (kept as they were on a step with nothing to do yet)
+
+    A variant says what its statistics are (``_statistics``: the chunk's share of the global sums,
+    already weighted), how they make d_hat (``_estimate`` and ``_d_hat``) and how a chunk moves
+    (``_apply``). Group values are 0-d tensors on the first chunk's device ("home").
+    """
 
     _name = "DAdapt"
     _state_keys: tuple[str, ...] = ()
+    # group values besides d and k, restored on a step with nothing to do yet
+    _running_keys: tuple[str, ...] = ()
     read_only_state: tuple[str, ...] = ()
     needs_reduction_pass = True
+    single_lr = True
+    single_lr_hint = ""
 
-    def __init__(self, params: Any, defaults: dict[str, Any], d0: float, compiled: bool | None) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], d0: float, compiled: bool | None,
+                 statistics: Callable[..., Any], apply: Callable[..., Any]) -> None:
         super().__init__(params, defaults)
         self.d0 = d0
         self._calls = 0
-        self._compiled = compiled
+        self._check_lrs()
+        self._statistics_fn = UpdateFunction(statistics, compiled)
+        self._apply_fn = UpdateFunction(apply, compiled)
 
-    # -- learning rates ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        self._check_lrs()
+        first = self.param_groups[0]
+        log = self._log_due(first["log_every"])
+        chunks = self._chunks()
+        if not chunks:
+            return loss
+        home = chunks[0].device
+        d = group_value(first["d"], home)
+        k = group_value(first["k"], home, torch.int64)
+        old = {key: group_value(first.get(key, 0.0), home) for key in self._running_keys}
+        running = dict(old)
 
-    def _max_lr(self) -> float:
-        return max(float(group["lr"]) for group in self.param_groups)
+        # statistics: this step's size (d * lr times `scale`), then every chunk's share of the sums
+        scale = self._step_scale(chunks, d, k, running)
+        totals = [sum(values) for values in zip(*(self._statistics(chunk, scale) for chunk in chunks))]
+        numerator, denominator = self._estimate(totals, running)
+        if first.get("fsdp_in_use", False):
+            numerator, denominator = self._all_reduce(numerator, denominator)
 
-    def _check_single_lr(self, hint: str = "") -> None:
+        # d's growth rule; the denominator is 0 only while every gradient so far was zero, where the
+        # references return early: then d, the running values and k stay, and the update is a no-op
+        proceed = denominator != 0
+        d_hat = self._d_hat(numerator, denominator)
+        new_d = torch.where(proceed, torch.maximum(d, torch.minimum(d_hat, d * first["growth_rate"])), d)
+
+        step_scale = proceed.to(d.dtype)
+        for chunk in chunks:
+            self._apply(chunk, scale, step_scale)
+
+        if log:
+            logger.info(
+                "%s: lr %s d_hat %.6g d %.6g numerator %.6g denominator %.6g", self._name, first["lr"],
+                float(torch.where(proceed, d_hat, d)), float(new_d), float(numerator), float(denominator),
+            )
+        values = {key: torch.where(proceed, running[key], old[key]) for key in self._running_keys}
+        for group in self.param_groups:
+            group.update(values)
+            group["d"] = new_d
+            group["k"] = group_value(group["k"], home, torch.int64) + proceed.long()
+        return loss
+
+    # -- what a variant says ------------------------------------------------------------------------------
+
+    def _step_scale(self, chunks: list[_Chunk], d: Tensor, k: Tensor, running: dict[str, Tensor]) -> Tensor:
+        """This step's size per unit of lr: a chunk's ``dlr`` is this times its group's lr."""
+        return d
+
+    def _statistics(self, chunk: _Chunk, scale: Tensor) -> tuple[Tensor, ...]:
+        """The chunk's first pass; returns its weighted shares of the global sums, on home."""
+        raise NotImplementedError
+
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The summed statistics into the running values; returns d_hat's numerator and denominator."""
+        raise NotImplementedError
+
+    def _d_hat(self, numerator: Tensor, denominator: Tensor) -> Tensor:
+        return numerator / denominator
+
+    def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
+        """The chunk's second pass; ``step_scale`` is 1, or 0 on a step with nothing to do yet."""
+        raise NotImplementedError
+
+    def _init_state(self, state: dict[str, Any], p: Tensor) -> None:
+        raise NotImplementedError
+
+    # -- learning rates -----------------------------------------------------------------------------------
+
+    def _check_lrs(self) -> None:
+        if not self.single_lr:
+            return
         lrs = [float(group["lr"]) for group in self.param_groups]
         lr = max(lrs)
         if any(value not in (lr, 0.0) for value in lrs):
             raise ValueError(
                 f"{self._name}: every param group must use the same lr (or lr=0 to freeze a group); got lr "
-                f"values {lrs}{hint}"
+                f"values {lrs}{self.single_lr_hint}"
             )
 
-    # -- gathering ------------------------------------------------------------------------------------
-
-    def _init_state(self, state: dict[str, Any], p: Tensor) -> None:
-        raise NotImplementedError
+    # -- gathering ----------------------------------------------------------------------------------------
 
     def _chunks(self) -> list[_Chunk]:
         """The parameters with gradients of every group with lr > 0, split by device and dtype."""
@@ -383,14 +405,6 @@ class _DAdaptBase(Optimizer):
         for each in self.param_groups:  # the flag is read from the first group
             each["fsdp_in_use"] = True
 
-    # -- group scalars ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _value(value: float | Tensor, home: torch.device, dtype: torch.dtype | None = None) -> Tensor:
-        """A group value (a Python number from the defaults or another package's state_dict, or a
-        tensor saved on any device) as a 0-d tensor on ``home``."""
-        return torch.as_tensor(value, dtype=dtype or _scalar_dtype(home), device=home).reshape(())
-
     @staticmethod
     def _all_reduce(*values: Tensor) -> tuple[Tensor, ...]:
         """Sum the values over the process group (sharded parameters: each rank holds a slice)."""
@@ -404,9 +418,6 @@ class _DAdaptBase(Optimizer):
         due = log_every > 0 and self._calls % log_every == 0
         self._calls += 1
         return due
-
-    def _update_fn(self, fn: Callable[..., Any]) -> UpdateFunction:
-        return UpdateFunction(fn, self._compiled)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -463,6 +474,8 @@ class DAdaptAdam(_DAdaptBase):
 
     _name = "DAdaptAdam"
     _state_keys = ("exp_avg", "exp_avg_sq", "s", "step")
+    _running_keys = ("numerator_weighted",)
+    single_lr_hint = "; scale a group's step with its 'layer_scale' key instead"
 
     def __init__(
         self,
@@ -482,98 +495,64 @@ class DAdaptAdam(_DAdaptBase):
     ) -> None:
         _check_common(lr, d0, weight_decay, log_every)
         check_betas(betas)
-        _check_positive(eps, "epsilon (eps)")
+        check_positive(eps, "epsilon (eps)")
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, d=d0, k=0, layer_scale=1.0,
             numerator_weighted=0.0, log_every=log_every, growth_rate=growth_rate,
             use_bias_correction=use_bias_correction, decouple=decouple, fsdp_in_use=fsdp_in_use,
         )
-        super().__init__(params, defaults, d0, compiled)
-        self._check_single_lr()
-        self._statistics = self._update_fn(dadapt_adam_statistics)
-        self._apply = self._update_fn(dadapt_adam_apply)
-
-    def _check_single_lr(self, hint: str = "") -> None:
-        super()._check_single_lr("; scale a group's step with its 'layer_scale' key instead")
+        super().__init__(params, defaults, d0, compiled, dadapt_adam_statistics, dadapt_adam_apply)
 
     def _init_state(self, state: dict[str, Any], p: Tensor) -> None:
         for key in ("exp_avg", "exp_avg_sq", "s"):
             state_tensor(state, key, p)
         step = state.get("step")
         if not isinstance(step, Tensor):  # absent, or a Python int from the reference's state_dict
-            state["step"] = torch.tensor(float(step or 0), dtype=torch.float32, device=p.device)
+            state["step"] = step_counter(p, step or 0)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self._check_single_lr()
+    def _step_scale(self, chunks: list[_Chunk], d: Tensor, k: Tensor, running: dict[str, Tensor]) -> Tensor:
         first = self.param_groups[0]
-        log = self._log_due(first["log_every"])
-        chunks = self._chunks()
-        if not chunks:
-            return loss
-        lr = self._max_lr()
+        if not first["use_bias_correction"]:
+            return d
         beta1, beta2 = first["betas"]
-        sqrt_beta2 = beta2**0.5
-        decouple = first["decouple"]
-        home = chunks[0].device
-        d = self._value(first["d"], home)
-        k = self._value(first["k"], home, torch.int64)
-        dlr = d * lr
-        if first["use_bias_correction"]:
-            power = (k + 1).to(d.dtype)
-            dlr = dlr * (torch.sqrt(1 - beta2**power) / (1 - beta1**power))
+        return d * adam_step_correction(beta1, beta2, (k + 1).to(d.dtype))
 
-        numerator = torch.zeros((), dtype=d.dtype, device=home)
-        s_l1 = torch.zeros((), dtype=d.dtype, device=home)
-        for chunk in chunks:
-            group = chunk.group
-            r = group["layer_scale"]
-            p, g, m, v, s, _ = chunk.lists
-            chunk_num, chunk_s_l1 = self._statistics(
-                p, g, m, v, s,
-                exp_avg_rate=chunk.scalar(r * dlr * (1 - beta1)),
-                s_rate=chunk.scalar(dlr * (1 - sqrt_beta2)),
-                beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=0.0 if decouple else group["weight_decay"],
-                device_type=chunk.device.type,
-            )
-            numerator = numerator + r * dlr * chunk_num.to(home, d.dtype)
-            s_l1 = s_l1 + r * chunk_s_l1.to(home, d.dtype)
+    def _statistics(self, chunk: _Chunk, scale: Tensor) -> tuple[Tensor, Tensor]:
+        first, group = self.param_groups[0], chunk.group
+        beta1, beta2 = first["betas"]
+        dlr, r = scale * group["lr"], group["layer_scale"]
+        p, g, m, v, s, _ = chunk.lists
+        numerator, s_l1 = self._statistics_fn(
+            p, g, m, v, s,
+            exp_avg_rate=chunk.scalar(r * dlr * (1 - beta1)),
+            s_rate=chunk.scalar(dlr * (1 - beta2**0.5)),
+            beta1=beta1, beta2=beta2, eps=group["eps"],
+            weight_decay=0.0 if first["decouple"] else group["weight_decay"],
+            device_type=chunk.device.type,
+        )
+        return r * dlr * numerator.to(dlr), r * s_l1.to(dlr)
 
-        numerator_weighted = sqrt_beta2 * self._value(first["numerator_weighted"], home) + (1 - sqrt_beta2) * numerator
-        total_numerator, total_s_l1 = numerator_weighted, s_l1
-        if first["fsdp_in_use"]:
-            total_numerator, total_s_l1 = self._all_reduce(numerator_weighted, s_l1)
-        # sum ||s||_1 == 0 only while every gradient so far was zero: the reference returns early.
-        proceed = total_s_l1 != 0
-        d_hat = total_numerator / ((1 - sqrt_beta2) * total_s_l1)
-        new_d = torch.where(proceed, torch.maximum(d, torch.minimum(d_hat, d * first["growth_rate"])), d)
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        numerator, s_l1 = totals
+        sqrt_beta2 = self.param_groups[0]["betas"][1] ** 0.5
+        running["numerator_weighted"] = sqrt_beta2 * running["numerator_weighted"] + (1 - sqrt_beta2) * numerator
+        return running["numerator_weighted"], s_l1
 
-        step_scale = proceed.to(d.dtype)
-        for chunk in chunks:
-            group = chunk.group
-            p, _, m, v, _, steps = chunk.lists
-            self._apply(
-                p, m, v, steps,
-                decay_factor=chunk.scalar(1 - group["weight_decay"] * dlr * step_scale),
-                proceed=chunk.scalar(step_scale),
-                eps=group["eps"], decoupled=bool(decouple and group["weight_decay"] != 0),
-                device_type=chunk.device.type,
-            )
+    def _d_hat(self, numerator: Tensor, denominator: Tensor) -> Tensor:
+        sqrt_beta2 = self.param_groups[0]["betas"][1] ** 0.5
+        return numerator / ((1 - sqrt_beta2) * denominator)
 
-        if log:
-            logger.info(
-                "DAdaptAdam: lr %s dlr %.6g d_hat %.6g d %.6g sk_l1 %.1e numerator_weighted %.1e",
-                lr, float(dlr), float(torch.where(proceed, d_hat, d)), float(new_d), float(total_s_l1),
-                float(total_numerator),
-            )
-        numerator_weighted = torch.where(proceed, numerator_weighted, self._value(first["numerator_weighted"], home))
-        for group in self.param_groups:
-            group["numerator_weighted"] = numerator_weighted
-            group["d"] = new_d
-            group["k"] = self._value(group["k"], home, torch.int64) + proceed.long()
-        return loss
+    def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
+        group = chunk.group
+        p, _, m, v, _, steps = chunk.lists
+        dlr = scale * group["lr"]
+        self._apply_fn(
+            p, m, v, steps,
+            decay_factor=chunk.scalar(1 - group["weight_decay"] * dlr * step_scale),
+            proceed=chunk.scalar(step_scale),
+            eps=group["eps"], decoupled=bool(self.param_groups[0]["decouple"] and group["weight_decay"] != 0),
+            device_type=chunk.device.type,
+        )
 
 
 # --- DAdaptAdaGrad ------------------------------------------------------------------------------------
@@ -620,6 +599,8 @@ class DAdaptAdaGrad(_DAdaptBase):
     _name = "DAdaptAdaGrad"
     _state_keys = ("alphak", "sk", "x0")
     read_only_state = ("x0",)
+    _running_keys = ("gsq_weighted", "sksq_weighted", "skl1")
+    single_lr = False
 
     def __init__(
         self,
@@ -635,15 +616,13 @@ class DAdaptAdaGrad(_DAdaptBase):
         compiled: bool | None = None,
     ) -> None:
         _check_common(lr, d0, weight_decay, log_every)
-        _check_momentum(momentum)
-        _check_positive(eps, "epsilon (eps)")
+        check_momentum(momentum)
+        check_positive(eps, "epsilon (eps)")
         defaults = dict(
             lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay, gsq_weighted=0.0, log_every=log_every,
             d=d0, growth_rate=growth_rate, k=0, sksq_weighted=0.0, skl1=0.0,
         )
-        super().__init__(params, defaults, d0, compiled)
-        self._statistics = self._update_fn(dadapt_adagrad_statistics)
-        self._apply = self._update_fn(dadapt_adagrad_apply)
+        super().__init__(params, defaults, d0, compiled, dadapt_adagrad_statistics, dadapt_adagrad_apply)
 
     def _on_fsdp_param(self, group: dict[str, Any]) -> None:
         raise RuntimeError("DAdaptAdaGrad does not support fully sharded (FSDP) parameters; use DAdaptAdam")
@@ -653,69 +632,29 @@ class DAdaptAdaGrad(_DAdaptBase):
         state_tensor(state, "sk", p)
         state_tensor(state, "x0", p, lambda t: t.detach().clone(memory_format=torch.preserve_format))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        first = self.param_groups[0]
-        log = self._log_due(first["log_every"])
-        chunks = self._chunks()
-        if not chunks:
-            return loss
-        home = chunks[0].device
-        d = self._value(first["d"], home)
+    def _statistics(self, chunk: _Chunk, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        group = chunk.group
+        dlr = scale * float(group["lr"])
+        p, g, alpha, s, _ = chunk.lists
+        grad_sq, s_sq_change, s_l1_change = self._statistics_fn(
+            p, g, alpha, s, dlr=chunk.scalar(dlr), eps=group["eps"], weight_decay=group["weight_decay"],
+            device_type=chunk.device.type,
+        )
+        return dlr * dlr * grad_sq.to(dlr), s_sq_change.to(dlr), s_l1_change.to(dlr)
 
-        weighted_grad_sq = torch.zeros((), dtype=d.dtype, device=home)  # sum over groups of dlr^2 * sum g^2/(..)
-        s_sq_change = torch.zeros((), dtype=d.dtype, device=home)
-        s_l1_change = torch.zeros((), dtype=d.dtype, device=home)
-        for chunk in chunks:
-            group = chunk.group
-            dlr = d * float(group["lr"])
-            p, g, alpha, s, _ = chunk.lists
-            chunk_g_sq, chunk_s_sq, chunk_s_l1 = self._statistics(
-                p, g, alpha, s, dlr=chunk.scalar(dlr), eps=group["eps"], weight_decay=group["weight_decay"],
-                device_type=chunk.device.type,
-            )
-            weighted_grad_sq = weighted_grad_sq + dlr * dlr * chunk_g_sq.to(home, d.dtype)
-            s_sq_change = s_sq_change + chunk_s_sq.to(home, d.dtype)
-            s_l1_change = s_l1_change + chunk_s_l1.to(home, d.dtype)
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        for key, change in zip(self._running_keys, totals):
+            running[key] = running[key] + change
+        return running["sksq_weighted"] - running["gsq_weighted"], running["skl1"]
 
-        old_gsq = self._value(first["gsq_weighted"], home)
-        old_sksq = self._value(first["sksq_weighted"], home)
-        old_skl1 = self._value(first["skl1"], home)
-        sksq_weighted = old_sksq + s_sq_change
-        skl1 = old_skl1 + s_l1_change
-        gsq_weighted = old_gsq + weighted_grad_sq
-        # sum |s| == 0 only while every gradient so far was zero: the reference returns early.
-        proceed = skl1 != 0
-        d_hat = (sksq_weighted - gsq_weighted) / skl1
-        new_d = torch.where(proceed, torch.maximum(d, torch.minimum(d_hat, d * first["growth_rate"])), d)
-
-        step_scale = proceed.to(d.dtype)
-        for chunk in chunks:
-            group = chunk.group
-            p, _, alpha, s, x0 = chunk.lists
-            weight = (1 - group["momentum"]) * step_scale
-            self._apply(
-                p, alpha, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight), eps=group["eps"],
-                average=group["momentum"] != 0, device_type=chunk.device.type,
-            )
-
-        if log:
-            logger.info(
-                "DAdaptAdaGrad: d_hat %.6g d %.6g sksq_weighted %.1e skl1 %.1e gsq_weighted %.1e lr %s",
-                float(torch.where(proceed, d_hat, d)), float(new_d), float(sksq_weighted), float(skl1),
-                float(gsq_weighted), first["lr"],
-            )
-        gsq_weighted = torch.where(proceed, gsq_weighted, old_gsq)
-        sksq_weighted = torch.where(proceed, sksq_weighted, old_sksq)
-        skl1 = torch.where(proceed, skl1, old_skl1)
-        for group in self.param_groups:
-            group["gsq_weighted"] = gsq_weighted
-            group["sksq_weighted"] = sksq_weighted
-            group["skl1"] = skl1
-            group["d"] = new_d
-            group["k"] = self._value(group["k"], home, torch.int64) + proceed.long()
-        return loss
+    def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
+        group = chunk.group
+        p, _, alpha, s, x0 = chunk.lists
+        weight = (1 - group["momentum"]) * step_scale
+        self._apply_fn(
+            p, alpha, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight), eps=group["eps"],
+            average=group["momentum"] != 0, device_type=chunk.device.type,
+        )
 
 
 # --- DAdaptSGD ----------------------------------------------------------------------------------------
@@ -765,6 +704,7 @@ class DAdaptSGD(_DAdaptBase):
     _name = "DAdaptSGD"
     _state_keys = ("s", "x0")
     read_only_state = ("x0",)
+    _running_keys = ("numerator_weighted", "g0_norm")
 
     def __init__(
         self,
@@ -780,86 +720,47 @@ class DAdaptSGD(_DAdaptBase):
         compiled: bool | None = None,
     ) -> None:
         _check_common(lr, d0, weight_decay, log_every)
-        _check_momentum(momentum)
+        check_momentum(momentum)
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, k=0, log_every=log_every, numerator_weighted=0.0,
             d=d0, growth_rate=growth_rate, fsdp_in_use=fsdp_in_use,
         )
-        super().__init__(params, defaults, d0, compiled)
-        self._check_single_lr()
-        self._statistics = self._update_fn(dadapt_sgd_statistics)
-        self._apply = self._update_fn(dadapt_sgd_apply)
+        super().__init__(params, defaults, d0, compiled, dadapt_sgd_statistics, dadapt_sgd_apply)
 
     def _init_state(self, state: dict[str, Any], p: Tensor) -> None:
         state_tensor(state, "s", p)
         state_tensor(state, "x0", p, lambda t: t.detach().clone(memory_format=torch.preserve_format))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self._check_single_lr()
-        first = self.param_groups[0]
-        log = self._log_due(first["log_every"])
-        chunks = self._chunks()
-        if not chunks:
-            return loss
-        lr = self._max_lr()
-        home = chunks[0].device
-        d = self._value(first["d"], home)
-        k = self._value(first["k"], home, torch.int64)
-        fsdp = first["fsdp_in_use"]
-
+    def _step_scale(self, chunks: list[_Chunk], d: Tensor, k: Tensor, running: dict[str, Tensor]) -> Tensor:
         # g0 is fixed at the first step that moves (k == 0). k lives on the device, so ||g||^2 is
         # taken every step (one read of the gradients) and selected with torch.where: no host sync.
-        grad_sq = torch.zeros((), dtype=d.dtype, device=home)
-        for chunk in chunks:
-            grad_sq = grad_sq + foreach_square_sum(chunk.lists[1]).to(home, d.dtype)
-        if fsdp:
+        grad_sq = sum(foreach_square_sum(chunk.lists[1]).to(d) for chunk in chunks)
+        if self.param_groups[0]["fsdp_in_use"]:
             (grad_sq,) = self._all_reduce(grad_sq)
-        old_g0 = self._value(first.get("g0_norm", 0.0), home)
-        g0 = torch.where(k == 0, torch.sqrt(grad_sq), old_g0)
-        dlr = torch.where(g0 > 0, d * lr / g0, torch.zeros_like(d))
+        g0 = torch.where(k == 0, torch.sqrt(grad_sq), running["g0_norm"])
+        running["g0_norm"] = g0
+        return torch.where(g0 > 0, d / g0, torch.zeros_like(d))
 
-        numerator = torch.zeros((), dtype=d.dtype, device=home)
-        s_sq = torch.zeros((), dtype=d.dtype, device=home)
-        for chunk in chunks:
-            group = chunk.group
-            p, g, s, _ = chunk.lists
-            chunk_num, chunk_s_sq = self._statistics(
-                p, g, s, dlr=chunk.scalar(dlr), weight_decay=group["weight_decay"], device_type=chunk.device.type
-            )
-            numerator = numerator + dlr * chunk_num.to(home, d.dtype)
-            s_sq = s_sq + chunk_s_sq.to(home, d.dtype)
+    def _statistics(self, chunk: _Chunk, scale: Tensor) -> tuple[Tensor, Tensor]:
+        group = chunk.group
+        dlr = scale * group["lr"]
+        p, g, s, _ = chunk.lists
+        numerator, s_sq = self._statistics_fn(
+            p, g, s, dlr=chunk.scalar(dlr), weight_decay=group["weight_decay"], device_type=chunk.device.type
+        )
+        return dlr * numerator.to(dlr), s_sq.to(dlr)
 
-        old_numerator = self._value(first["numerator_weighted"], home)
-        numerator_weighted = old_numerator + numerator
-        total_numerator, total_s_sq = numerator_weighted, s_sq
-        if fsdp:
-            total_numerator, total_s_sq = self._all_reduce(numerator_weighted, s_sq)
-        # ||s|| == 0 only while every gradient so far was zero (or g0 was): nothing to do yet.
-        proceed = total_s_sq != 0
-        d_hat = 2 * total_numerator / torch.sqrt(total_s_sq)
-        new_d = torch.where(proceed, torch.maximum(d, torch.minimum(d_hat, d * first["growth_rate"])), d)
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        numerator, s_sq = totals
+        running["numerator_weighted"] = running["numerator_weighted"] + numerator
+        return running["numerator_weighted"], s_sq
 
-        step_scale = proceed.to(d.dtype)
-        for chunk in chunks:
-            group = chunk.group
-            p, _, s, x0 = chunk.lists
-            weight = (1 - group["momentum"]) * step_scale
-            self._apply(p, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight),
-                        average=group["momentum"] != 0, device_type=chunk.device.type)
+    def _d_hat(self, numerator: Tensor, denominator: Tensor) -> Tensor:
+        return 2 * numerator / torch.sqrt(denominator)
 
-        if log:
-            logger.info(
-                "DAdaptSGD: k %d dlr %.6g d_hat %.6g d %.6g sk_norm %.6g numerator_weighted %.6g g0_norm %.6g",
-                int(k), float(dlr), float(torch.where(proceed, d_hat, d)), float(new_d), float(total_s_sq.sqrt()),
-                float(total_numerator), float(g0),
-            )
-        numerator_weighted = torch.where(proceed, numerator_weighted, old_numerator)
-        g0 = torch.where(proceed, g0, old_g0)
-        for group in self.param_groups:
-            group["numerator_weighted"] = numerator_weighted
-            group["d"] = new_d
-            group["g0_norm"] = g0
-            group["k"] = self._value(group["k"], home, torch.int64) + proceed.long()
-        return loss
+    def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
+        group = chunk.group
+        p, _, s, x0 = chunk.lists
+        weight = (1 - group["momentum"]) * step_scale
+        self._apply_fn(p, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight),
+                       average=group["momentum"] != 0, device_type=chunk.device.type)

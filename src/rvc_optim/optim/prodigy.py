@@ -74,14 +74,17 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    adam_step_correction,
     check_betas,
     check_weight_decay,
     decay_weights_,
+    foreach_abs_sums,
+    foreach_dot,
     group_by_device_and_dtype,
     params_with_grad,
     run_closure,
     scalar,
-    scalar_dtype,
+    statistic_dtype,
 )
 
 __all__ = ["Prodigy", "prodigy_d_rule", "prodigy_statistics", "prodigy_update"]
@@ -95,21 +98,6 @@ def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
     if slice_p == 1:
         return [t.reshape(-1) for t in tensors]
     return [t.reshape(-1)[::slice_p] for t in tensors]
-
-
-def _sum_all(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """The sum of every element of every tensor, with multi-tensor kernels (overwrites ``tensors``).
-
-    There is no multi-tensor signed sum, so eagerly it is taken from two L1 norms:
-    sum x = 2 sum max(x, 0) - sum |x|. Under torch.compile the per-tensor sums are traced once into the
-    graph (no Python loop at run time), which lets inductor fuse each sum with the products before it.
-    """
-    if torch.compiler.is_compiling():
-        return torch.stack([t.sum(dtype=dtype) for t in tensors]).sum()
-    total = torch.stack(torch._foreach_norm(tensors, 1, dtype=dtype)).sum()
-    torch._foreach_clamp_min_(tensors, 0.0)
-    positive = torch.stack(torch._foreach_norm(tensors, 1, dtype=dtype)).sum()
-    return 2.0 * positive - total
 
 
 def add_scalar_(tensors: list[Tensor], value: Tensor) -> None:
@@ -147,7 +135,6 @@ def prodigy_statistics(
     ``exp_avgs`` is empty when beta1 is 0. ``s_weight`` is (d / d0) * dlr, or (d / d0) * d with
     safeguard_warmup. The caller weights the first sum by (d / d0) * dlr and adds all buckets up.
     """
-    acc = scalar_dtype(params[0].dtype)
     if weight_decay != 0.0 and not decouple:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)  # coupled decay; p.grad untouched
     flat_grads = _sliced(grads, slice_p)
@@ -159,8 +146,7 @@ def prodigy_statistics(
     moved = torch._foreach_sub([p0s[i] for i in full], [flat_params[i] for i in full]) if full else []
     if zero:
         moved += torch._foreach_neg([flat_params[i] for i in zero])
-    torch._foreach_mul_(moved, [flat_grads[i] for i in full + zero])
-    dot = _sum_all(moved, acc)
+    dot = foreach_dot(moved, [flat_grads[i] for i in full + zero])
 
     # Adam's moments, with the gradient weighted by d
     if beta1 > 0.0:
@@ -172,7 +158,7 @@ def prodigy_statistics(
     # s: the weighted gradient sum whose L1 norm is the denominator of d_hat
     torch._foreach_mul_(sums, beta3)
     torch._foreach_add_(sums, torch._foreach_mul(flat_grads, s_weight))
-    l1 = torch.stack(torch._foreach_norm(sums, 1, dtype=acc)).sum()
+    l1 = foreach_abs_sums(sums).sum()
     return dot, l1
 
 
@@ -235,10 +221,6 @@ def prodigy_update(
         update = torch._foreach_div(grads, denom)
         torch._foreach_mul_(update, dlr * d)
     torch._foreach_sub_(params, update)
-
-
-def _stat_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _any_nonzero(tensors: list[Tensor]) -> list[bool]:
@@ -371,7 +353,7 @@ class Prodigy(Optimizer):
             return loss
         self._init_state([p for p, _ in every], [g for _, g in every], beta1)
         home = every[0][0].device
-        dtype = _stat_dtype(home)
+        dtype = statistic_dtype(home)
 
         def stat(key: str, default: Any) -> Tensor:
             return torch.as_tensor(first.get(key, default), dtype=dtype).to(home)
@@ -380,8 +362,7 @@ class Prodigy(Optimizer):
         d_numerator = stat("d_numerator", 0.0)
         d_hat_old, d_denom_old = stat("d_hat", d), stat("d_denom", 0.0)
         if first["use_bias_correction"]:
-            bias_correction = torch.sqrt(1.0 - beta2 ** (k + 1)) / (1.0 - beta1 ** (k + 1))
-            dlr = d * lr * bias_correction
+            dlr = d * lr * adam_step_correction(beta1, beta2, k + 1)
         else:
             dlr = d * lr
         fsdp = first["fsdp_in_use"] or any(hasattr(p, "_fsdp_flattened") for p, _ in every)

@@ -105,11 +105,13 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    bias_correction,
     check_betas,
     check_eps,
     check_lr,
     check_nonnegative,
     check_weight_decay,
+    foreach_sums_of_nonnegative,
     params_with_grad,
     run_closure,
     scalar,
@@ -193,7 +195,6 @@ def ranger21_prepare(
     centralize: bool,
     gc_conv_only: bool,
     normalize: bool,
-    sum_dtype: torch.dtype,
 ) -> Tensor:
     """First pass: clip, centralise and normalise each gradient in place, update v.
 
@@ -219,9 +220,7 @@ def ranger21_prepare(
 
     torch._foreach_mul_(variances, beta2)
     torch._foreach_addcmul_(variances, grads, grads, value=1.0 - beta2)
-    # v >= 0, so its L1 norm is its sum.
-    sums = torch._foreach_norm(variances, 1, dtype=sum_dtype)
-    return torch.stack(sums).sum() / bias_correction2
+    return foreach_sums_of_nonnegative(variances).sum() / bias_correction2
 
 
 def ranger21_update(
@@ -664,11 +663,10 @@ class Ranger21(Optimizer):
             for (t, device, dtype), b in buckets.items():
                 partial = self._prepare(
                     b["params"], b["grads"], [s["variance_ma"] for s in b["states"]],
-                    bias_correction2=scalar(1.0 - beta2**t, device, dtype),
+                    bias_correction2=scalar(bias_correction(beta2, t), device, dtype),
                     beta2=beta2,
                     agc=self.agc_active, agc_clipping_value=self.agc_clip_val, agc_eps=self.agc_eps,
                     centralize=self.use_gc, gc_conv_only=self.gc_conv_only, normalize=self.use_gcnorm,
-                    sum_dtype=scalar_dtype(dtype),
                     device_type=device.type,
                 )
                 numel += sum(p.numel() for p in b["params"])
@@ -707,8 +705,8 @@ class Ranger21(Optimizer):
                     b["params"], b["grads"], pos, neg, [s["variance_ma"] for s in states],
                     [s["max_variance_ma"] for s in states] if self.amsgrad else [],
                     lr=scalar(lr, device, dtype),
-                    neg_step_size=scalar(-(lr / (1.0 - beta1**t)), device, dtype),
-                    sqrt_bias_correction2=scalar(math.sqrt(1.0 - beta2**t), device, dtype),
+                    neg_step_size=scalar(-(lr / bias_correction(beta1, t)), device, dtype),
+                    sqrt_bias_correction2=scalar(math.sqrt(bias_correction(beta2, t)), device, dtype),
                     sigma=sigma_here,
                     beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     normloss_factor=normloss_factor, softplus=self.softplus, beta_softplus=self.beta_softplus,
