@@ -120,11 +120,14 @@ def scalar(value: float | Tensor, device: torch.device, param_dtype: torch.dtype
     """A 0-d tensor on ``device`` holding ``value``: how per-step scalars enter compiled updates.
 
     A Python number becomes a fill kernel (``torch.full``): no blocking host-to-device copy, so no
-    host synchronisation on an accelerator.
+    host synchronisation on an accelerator. So does a CPU tensor bound for another device (reading a
+    CPU value is no synchronisation; copying it to the device would be a blocking copy).
     """
     dtype = scalar_dtype(param_dtype)
     if isinstance(value, Tensor):
-        return value.to(device=device, dtype=dtype).reshape(())
+        if value.device.type != "cpu" or torch.device(device).type == "cpu":
+            return value.to(device=device, dtype=dtype).reshape(())
+        value = value.item()
     return torch.full((), value, dtype=dtype, device=device)
 
 
