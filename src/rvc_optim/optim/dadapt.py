@@ -388,7 +388,10 @@ class _DAdaptBase(Optimizer):
     @staticmethod
     def _value(value: float | Tensor, home: torch.device, dtype: torch.dtype | None = None) -> Tensor:
         """A group value (a Python number from the defaults or another package's state_dict, or a
-        tensor saved on any device) as a 0-d tensor on ``home``."""
+        tensor saved on any device) as a 0-d tensor on ``home``. A number is written there by a fill
+        kernel, not copied from the host (a blocking copy on CUDA)."""
+        if not isinstance(value, Tensor):
+            return torch.full((), value, dtype=dtype or _scalar_dtype(home), device=home)
         return torch.as_tensor(value, dtype=dtype or _scalar_dtype(home), device=home).reshape(())
 
     @staticmethod
@@ -501,7 +504,7 @@ class DAdaptAdam(_DAdaptBase):
             state_tensor(state, key, p)
         step = state.get("step")
         if not isinstance(step, Tensor):  # absent, or a Python int from the reference's state_dict
-            state["step"] = torch.tensor(float(step or 0), dtype=torch.float32, device=p.device)
+            state["step"] = torch.full((), float(step or 0), dtype=torch.float32, device=p.device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
