@@ -140,6 +140,8 @@ D_ADAPT_SYNC = (
     "d: the global sums that decide the step size are reduced on the device and d stays there "
     "(the step that creates state reads once which parameters are all zero)"
 )
+TORCH_FUSED_SYNC = "torch's fused kernel (create_optimizer's choice on CUDA) reads nothing back"
+TORCH_FOREACH_SYNC = "torch's foreach path keeps the step counters on the CPU, where reading them is no sync"
 
 
 def _torch(name: str) -> str:
@@ -181,6 +183,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "RVC trains with lr 1e-4, not the guide's 1e-3 (its 1e-4..1e-3 range tops out ten times above RVC)",
             "decoupled weight decay is not L2 regularisation: for Adam the two differ, which is the paper's point",
         ),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="ScheduleFreeAdamW",
@@ -414,6 +417,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "the gradient is not computed at a look-ahead position; the Nesterov step is folded into the update",
             "the paper is Dozat's 2016 ICLR workshop paper",
         ),
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="RAdam",
@@ -438,6 +442,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended={**RVC_ADAMW, "decoupled_weight_decay": True},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="Adan",
@@ -649,6 +654,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
         corrections=(FUSED_CORRECTION,),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="PAdam",
@@ -860,6 +866,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         test_settings={"lr": 0.05, "momentum": 0.9},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
         corrections=(FUSED_CORRECTION,),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="RMSprop",
@@ -881,6 +888,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         state="square_avg: 1x params (+ grad_avg if centered, + momentum_buffer with momentum)",
         recommended={"lr": RVC_LR, "alpha": 0.99, "eps": RVC_EPS},
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="AdaBelief",
@@ -1021,6 +1029,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         state="sum: 1x params (allocated at construction)",
         recommended={"lr": 1e-3},
         corrections=(FUSED_CORRECTION,),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="Adadelta",
@@ -1041,7 +1050,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         state="square_avg, acc_delta: 2x params",
         recommended={"lr": 1.0, "rho": 0.9, "eps": 1e-6},
-        protocol=Protocol(lr_role="multiplier"),
+        protocol=Protocol(lr_role="multiplier", host_sync_reason=TORCH_FOREACH_SYNC),
         corrections=(
             "it keeps exponential averages with decay rho, not a window of a fixed number of recent gradients",
         ),
@@ -1065,6 +1074,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended=RVC_ADAM,
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="ASGD",
@@ -1089,8 +1099,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         state="ax: 1x params, plus scalars eta and mu",
         recommended={"lr": 1e-3},
         protocol=Protocol(
-            host_syncs_per_step=1,
-            host_sync_reason="torch's non-capturable ASGD reads mu with .item(), once per parameter",
+            host_syncs_per_param=2,
+            host_sync_reason=(
+                "torch's non-capturable ASGD reads each parameter's device step counter to compute mu "
+                "on the host and copies mu back to the device"
+            ),
         ),
         test_settings={"lr": 0.1},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
