@@ -136,10 +136,8 @@ ADABELIEF_PAPER = Paper(
 
 # --- protocols shared by several records -------------------------------------------------------------
 SCHEDULE_FREE_PROTOCOL = Protocol(owns_schedule=True, train_eval=True)
-D_ADAPT_SYNC = (
-    "d: the global sums that decide the step size are reduced on the device and d stays there "
-    "(the step that creates state reads once which parameters are all zero)"
-)
+D_ADAPT_SYNC = "d: the global sums that decide the step size are reduced on the device and d stays there"
+PRODIGY_SYNC = D_ADAPT_SYNC + " (the step that creates state reads once which parameters are all zero)"
 TORCH_FUSED_SYNC = "torch's fused kernel (create_optimizer's choice on CUDA) reads nothing back"
 TORCH_FOREACH_SYNC = "torch's foreach path keeps the step counters on the CPU, where reading them is no sync"
 
@@ -382,7 +380,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             owns_schedule=True,
             scheduler_allowed_with="safeguard_warmup=True",
             host_syncs_per_step=0,
-            host_sync_reason=D_ADAPT_SYNC,
+            host_sync_reason=PRODIGY_SYNC,
             single_lr=True,
         ),
         aliases=("prodigyopt",),
