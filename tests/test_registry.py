@@ -122,7 +122,7 @@ def test_protocol_fields():
         p = record.protocol
         if p.lr_role == "multiplier":
             assert record.recommended.get("lr", 1.0) == 1.0, record.name
-        if p.host_syncs_per_step:
+        if p.host_syncs_per_step or p.host_syncs_per_param:
             assert p.host_sync_reason, record.name
         if p.owns_schedule:
             assert not p.wants_lr_scheduler

@@ -144,6 +144,8 @@ D_ADAPT_SYNC = (
     "d: the global sums that decide the step size are reduced on the device and d stays there; the "
     "references' early return (every gradient so far zero) is a torch.where, not a branch"
 )
+TORCH_FUSED_SYNC = "torch's fused kernel (create_optimizer's choice on CUDA) reads nothing back"
+TORCH_FOREACH_SYNC = "torch's foreach path keeps the step counters on the CPU, where reading them is no sync"
 
 
 def _torch(name: str) -> str:
@@ -186,6 +188,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "RVC trains with lr 1e-4, not the guide's 1e-3 (its 1e-4..1e-3 range tops out ten times above RVC)",
             "decoupled weight decay is not L2 regularisation: for Adam the two differ, which is the paper's point",
         ),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="ScheduleFreeAdamW",
@@ -425,6 +428,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "the gradient is not computed at a look-ahead position; the Nesterov step is folded into the update",
             "the paper is Dozat's 2016 ICLR workshop paper",
         ),
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="RAdam",
@@ -450,6 +454,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended={**RVC_ADAMW, "decoupled_weight_decay": True},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="Adan",
@@ -667,6 +672,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
         corrections=(FUSED_CORRECTION,),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="PAdam",
@@ -885,6 +891,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         test_settings={"lr": 0.05, "momentum": 0.9},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
         corrections=(FUSED_CORRECTION,),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="RMSprop",
@@ -907,6 +914,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         state="square_avg: 1x params (+ grad_avg if centered, + momentum_buffer with momentum)",
         floor_bytes_per_param=memory_floor(1),
         recommended={"lr": RVC_LR, "alpha": 0.99, "eps": RVC_EPS},
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="AdaBelief",
@@ -1052,6 +1060,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-3},
         corrections=(FUSED_CORRECTION,),
+        protocol=Protocol(host_sync_reason=TORCH_FUSED_SYNC),
     ),
     OptimizerInfo(
         name="Adadelta",
@@ -1073,7 +1082,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         state="square_avg, acc_delta: 2x params",
         floor_bytes_per_param=memory_floor(2),
         recommended={"lr": 1.0, "rho": 0.9, "eps": 1e-6},
-        protocol=Protocol(lr_role="multiplier"),
+        protocol=Protocol(lr_role="multiplier", host_sync_reason=TORCH_FOREACH_SYNC),
         corrections=(
             "it keeps exponential averages with decay rho, not a window of a fixed number of recent gradients",
         ),
@@ -1098,6 +1107,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended=RVC_ADAM,
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        protocol=Protocol(host_sync_reason=TORCH_FOREACH_SYNC),
     ),
     OptimizerInfo(
         name="ASGD",
@@ -1123,8 +1133,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-3},
         protocol=Protocol(
-            host_syncs_per_step=1,
-            host_sync_reason="torch's non-capturable ASGD reads mu with .item(), once per parameter",
+            host_syncs_per_param=2,
+            host_sync_reason=(
+                "torch's non-capturable ASGD reads each parameter's device step counter to compute mu "
+                "on the host and copies mu back to the device"
+            ),
         ),
         test_settings={"lr": 0.1},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",

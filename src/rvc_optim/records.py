@@ -116,7 +116,12 @@ class ParamRouting:
 
 @dataclass(frozen=True)
 class Protocol:
-    """What a trainer must do beyond ``zero_grad(); loss.backward(); step()``."""
+    """What a trainer must do beyond ``zero_grad(); loss.backward(); step()``.
+
+    A step after the first makes ``host_syncs_per_step + host_syncs_per_param * (parameters with a
+    gradient)`` host synchronisations on an accelerator (reads of device values and blocking
+    host-to-device copies), as measured by ``tests/test_host_syncs.py``.
+    """
 
     lr_role: LrRole = "step"
     owns_schedule: bool = False
@@ -127,6 +132,7 @@ class Protocol:
     param_routing: ParamRouting | None = None
     needs_closure: bool = False
     host_syncs_per_step: int = 0
+    host_syncs_per_param: int = 0
     host_sync_reason: str = ""
     single_lr: bool = False
     single_group_hparams: tuple[str, ...] = ()
@@ -165,7 +171,9 @@ class Protocol:
             out.append("all param groups must share one lr (0 freezes a group)")
         for hp in self.single_group_hparams:
             out.append(f"the reference reads {hp} from the first group only; this one honours each group's value")
-        syncs = self.host_syncs_per_step
+        syncs = f"{self.host_syncs_per_step}"
+        if self.host_syncs_per_param:
+            syncs += f" + {self.host_syncs_per_param} per parameter"
         out.append(
             f"host syncs per step: {syncs}" + (f" ({self.host_sync_reason})" if self.host_sync_reason else "")
         )

@@ -135,11 +135,14 @@ def scalar(value: float | Tensor, device: torch.device, param_dtype: torch.dtype
     """A 0-d tensor on ``device`` holding ``value``: how per-step scalars enter compiled updates.
 
     A Python number becomes a fill kernel (``torch.full``): no blocking host-to-device copy, so no
-    host synchronisation on an accelerator.
+    host synchronisation on an accelerator. So does a CPU tensor bound for another device (reading a
+    CPU value is no synchronisation; copying it to the device would be a blocking copy).
     """
     dtype = scalar_dtype(param_dtype)
     if isinstance(value, Tensor):
-        return value.to(device=device, dtype=dtype).reshape(())
+        if value.device.type != "cpu" or torch.device(device).type == "cpu":
+            return value.to(device=device, dtype=dtype).reshape(())
+        value = value.item()
     return torch.full((), value, dtype=dtype, device=device)
 
 
@@ -232,8 +235,12 @@ def statistic_dtype(device: torch.device) -> torch.dtype:
 
 def group_value(value: float | Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
     """A group value (a Python number from the defaults or a reference's state_dict, or a tensor saved
-    on any device) as a 0-d tensor on ``device``, by default in :func:`statistic_dtype`."""
-    return torch.as_tensor(value, dtype=dtype or statistic_dtype(device), device=device).reshape(())
+    on any device) as a 0-d tensor on ``device``, by default in :func:`statistic_dtype`. A number is
+    written there by a fill kernel, not copied from the host (a blocking copy on CUDA)."""
+    dtype = dtype or statistic_dtype(device)
+    if not isinstance(value, Tensor):
+        return torch.full((), value, dtype=dtype, device=device)
+    return torch.as_tensor(value, dtype=dtype, device=device).reshape(())
 
 
 def adam_step_correction(beta1: float, beta2: float, step: Tensor | float) -> Tensor | float:

@@ -29,7 +29,8 @@ State per parameter: ``step`` (a float32 0-d tensor on the CPU, as the authors')
 Float32 bias corrections, on purpose: the authors' step counter is a float32 tensor and the bias
 corrections ``1 - beta ** step`` are computed from it in float32 even for float64 parameters (3.4e-6
 relative from torch.optim.AdamW in float64). We compute them the same way, on the CPU, once per
-group and step count, and pass them to the update as 0-d tensors: no host synchronisation.
+group and step count, and pass them to the update as 0-d tensors written on the device by a fill
+kernel (:func:`~rvc_optim.optim._foreach.scalar`): no host synchronisation, no host-to-device copy.
 
 Deviations from the authors' code:
 

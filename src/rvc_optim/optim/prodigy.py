@@ -110,7 +110,8 @@ def add_scalar_(tensors: list[Tensor], value: Tensor) -> None:
     if torch.compiler.is_compiling():
         torch._foreach_add_(tensors, [value] * len(tensors))
     else:
-        torch._foreach_add_(tensors, value)
+        # alpha picks the Tensor overload: without it the parser takes the Scalar one and calls .item()
+        torch._foreach_add_(tensors, value, alpha=1.0)
 
 
 def prodigy_statistics(
@@ -335,7 +336,7 @@ class Prodigy(Optimizer):
     def _steps(self, p: Tensor) -> Tensor:
         step = self.state[p]["step"]
         if not isinstance(step, Tensor) or step.device != p.device:  # a prodigyopt save, or another device
-            step = torch.as_tensor(float(step), dtype=torch.float32).to(p.device)
+            step = torch.full((), float(step), dtype=torch.float32, device=p.device)
             self.state[p]["step"] = step
         return step
 
@@ -356,7 +357,10 @@ class Prodigy(Optimizer):
         dtype = statistic_dtype(home)
 
         def stat(key: str, default: Any) -> Tensor:
-            return torch.as_tensor(first.get(key, default), dtype=dtype).to(home)
+            value = first.get(key, default)
+            if not isinstance(value, Tensor):  # a number: a fill kernel, no host-to-device copy
+                return torch.full((), value, dtype=dtype, device=home)
+            return value.to(home, dtype)
 
         d, d_max, k = stat("d", first["d0"]), stat("d_max", first["d0"]), stat("k", 0)
         d_numerator = stat("d_numerator", 0.0)
@@ -414,7 +418,7 @@ class Prodigy(Optimizer):
                 continue
             steps = [self._steps(p) for p in params]
             for device, _, (st,) in group_by_device_and_dtype(steps):
-                torch._foreach_add_(st, go.to(device, torch.float32))
+                torch._foreach_add_(st, go.to(device, torch.float32), alpha=1.0)  # alpha: no .item() (see add_scalar_)
             if group["lr"] == 0.0:
                 continue
             states = [self.state[p] for p in params]

@@ -34,6 +34,19 @@ Differences from RVC, and why:
 * Checkpoints are written every ``save_every`` optimizer steps (RVC: every N epochs) and hold the
   position within the epoch, so ``--resume`` continues exactly, mid-epoch included (RVC repeats the
   saved epoch).
+
+Host reads per iteration (each one waits for the device to finish the work queued before it):
+
+* two, by the loop: :func:`_all_finite` before the discriminator's step and before the generator's
+  (one boolean each, all-reduced first under DDP). They cannot be merged into one without changing
+  what is skipped: whether the discriminator steps must be known on the host before its ``step()``
+  (an optimizer step is host-driven and cannot be undone), and the generator's loss is computed with
+  the discriminator as that step left it, so the generator's check exists only afterwards;
+* plus the optimizers' own (their record's ``host_syncs_per_step``: 0 for the ones this project
+  writes) and, under fp16, one in each ``GradScaler.step`` (its found-inf check, unless the optimizer
+  takes the scaler's state itself, as torch's fused ones do);
+* plus, every ``log_every`` steps, one for the logged averages, and whatever evaluation and
+  checkpoints read on their intervals.
 """
 
 from __future__ import annotations
@@ -688,7 +701,10 @@ def _step(driver: ProtocolDriver, optimizer: torch.optim.Optimizer, scaler: torc
 
 
 def _all_finite(loss: torch.Tensor, norm: torch.Tensor, info: distributed.DistInfo) -> bool:
-    """Whether the loss and total grad norm are finite, on every rank (so all ranks skip together)."""
+    """Whether the loss and total grad norm are finite, on every rank (so all ranks skip together).
+
+    One host read: both values are checked on the device and read back as one boolean.
+    """
     ok = (torch.isfinite(loss.detach()) & torch.isfinite(norm.to(loss.device))).to(torch.int32)
     if info.enabled:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
