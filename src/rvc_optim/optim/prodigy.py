@@ -74,6 +74,8 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    add_scaled_,
+    addcdiv_scaled_,
     adam_step_correction,
     check_betas,
     check_weight_decay,
@@ -100,14 +102,16 @@ def _sliced(tensors: list[Tensor], slice_p: int) -> list[Tensor]:
     return [t.reshape(-1)[::slice_p] for t in tensors]
 
 
-def add_scalar_(tensors: list[Tensor], value: Tensor) -> None:
-    """``tensors += value`` for a 0-d tensor ``value``, with no host synchronisation.
+def add_scalar_(tensors: list[Tensor], value: Tensor | float) -> None:
+    """``tensors += value`` for a Python float or a 0-d tensor ``value``, with no host synchronisation.
 
     Eager, the multi-tensor kernel takes the 0-d tensor itself (on CUDA it reads it on the device);
     under torch.compile that overload reads the value back (a graph break), so the compiled path
     passes it as a list of 0-d tensors, which inductor fuses.
     """
-    if torch.compiler.is_compiling():
+    if not isinstance(value, Tensor):
+        torch._foreach_add_(tensors, value)
+    elif torch.compiler.is_compiling():
         torch._foreach_add_(tensors, [value] * len(tensors))
     else:
         # alpha picks the Tensor overload: without it the parser takes the Scalar one and calls .item()
@@ -152,13 +156,16 @@ def prodigy_statistics(
     # Adam's moments, with the gradient weighted by d
     if beta1 > 0.0:
         torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, d * (1.0 - beta1)))
+        add_scaled_(exp_avgs, grads, d * (1.0 - beta1))
     torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, d * d * (1.0 - beta2)), grads)
+    if isinstance(d, Tensor):
+        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, d * d * (1.0 - beta2)), grads)
+    else:
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=d * d * (1.0 - beta2))
 
     # s: the weighted gradient sum whose L1 norm is the denominator of d_hat
     torch._foreach_mul_(sums, beta3)
-    torch._foreach_add_(sums, torch._foreach_mul(flat_grads, s_weight))
+    add_scaled_(sums, flat_grads, s_weight)
     l1 = foreach_abs_sums(sums).sum()
     return dot, l1
 
@@ -214,14 +221,11 @@ def prodigy_update(
     if decouple:
         decay_weights_(params, dlr, weight_decay)
     if beta1 > 0.0:
-        update = torch._foreach_div(exp_avgs, denom)
-        torch._foreach_mul_(update, dlr)
+        addcdiv_scaled_(params, exp_avgs, denom, -dlr)
     else:
         if weight_decay != 0.0 and not decouple:
             grads = torch._foreach_add(grads, params, alpha=weight_decay)
-        update = torch._foreach_div(grads, denom)
-        torch._foreach_mul_(update, dlr * d)
-    torch._foreach_sub_(params, update)
+        addcdiv_scaled_(params, grads, denom, -(dlr * d))
 
 
 def _any_nonzero(tensors: list[Tensor]) -> list[bool]:
