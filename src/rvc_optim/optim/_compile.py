@@ -12,7 +12,7 @@ Every optimizer this project writes keeps its math in one multi-tensor function
   starts; a block's temporaries stay in the core's cache between ops. Per-step 0-d CPU tensors are
   read as Python floats (free on a CPU), so ``fn`` can use ``alpha=`` forms. Measured on RVC's
   generator set (Lion, 2 cores): whole-list foreach 2.8x the memory floor, a per-tensor loop 2.7x,
-  blocks of 2**17 elements 2.1x.
+  blocks of 2**17 elements 2.1x (:data:`BLOCK_NUMEL`).
 * **compiled** (``torch.compile``, automatic on CUDA, opt-in on a CPU): every tensor is viewed as 1-D
   and the lists are cut into chunks of :data:`CHUNK_TENSORS` tensors (the last one padded with tiny
   zero tensors), compiled once with dynamic sizes. One graph serves every chunk of every parameter
@@ -61,10 +61,10 @@ __all__ = [
 ]
 
 ENV_VAR = "RVC_OPTIM_COMPILE"
-# Elements per block on the CPU eager path: 512 KiB of float32 per operand, so a block's operands and
-# temporaries fit a core's L2 and the shared L3 (measured on RVC's sets: 2**17 and 2**18 best, 2**16
-# and 2**20 slower).
-BLOCK_NUMEL = 1 << 17
+# Elements per block on the CPU eager path: 1 MiB of float32 per operand, so a block's operands and
+# temporaries stay in the shared L3 between ops (measured on RVC's generator set: 2**17 and 2**18 best
+# for Lion; 2**18 halves the blocks, and the per-op overhead, of the optimizers with many ops).
+BLOCK_NUMEL = 1 << 18
 # Tensors per compiled call: fewer calls against a larger graph to build.
 CHUNK_TENSORS = 16
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -175,7 +175,11 @@ def _compile_chunks(tensor_lists: Sequence[list[Tensor]]) -> tuple[list[list[lis
             items[0].numel() >= 2 and _aligned(items)) else (rest, items)
         for out, t in zip(target, items):
             out.append(t)
-    n = len(chunkable[0])
+    # Largest first: inductor sizes its loops, and decides whether to parallelise them, from the sizes
+    # of the chunk it compiles with; a first chunk of biases would give single-threaded loops.
+    order = sorted(range(len(chunkable[0])), key=lambda i: -chunkable[0][i].numel())
+    chunkable = [[lst[i] for i in order] for lst in chunkable]
+    n = len(order)
     if n % CHUNK_TENSORS:
         pad = CHUNK_TENSORS - n % CHUNK_TENSORS
         for out in chunkable:
@@ -230,7 +234,7 @@ class UpdateFunction:
             # torch's CPU foreach kernels round a Python scalar to the tensors' dtype first.
             scalars = {k: v.item() if isinstance(v, Tensor) and v.dim() == 0 else v for k, v in scalars.items()}
         total: Results = None
-        for block in cache_blocks(tensor_lists):
+        for block in cache_blocks(tensor_lists, BLOCK_NUMEL):
             total = _add_results(total, self.fn(*block, **scalars))
         return total
 

@@ -49,6 +49,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    add_scaled_,
     adam_step_correction,
     check_betas,
     check_momentum,
@@ -114,11 +115,11 @@ def dadapt_adam_statistics(
     numerator = foreach_dot(grads, torch._foreach_div(s, denom))
 
     torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, torch._foreach_mul(grads, exp_avg_rate))
+    add_scaled_(exp_avgs, grads, exp_avg_rate)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     torch._foreach_mul_(s, beta2**0.5)
-    torch._foreach_add_(s, torch._foreach_mul(grads, s_rate))
+    add_scaled_(s, grads, s_rate)
     return numerator, foreach_abs_sums(s).sum()
 
 
@@ -126,25 +127,21 @@ def dadapt_adam_apply(
     params: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
     *,
     decay_factor: Tensor,
-    proceed: Tensor,
     eps: float,
     decoupled: bool,
 ) -> None:
     """DAdaptAdam's second pass: ``p <- p * (1 - wd * dlr)`` (decoupled decay), ``p <- p - m / (sqrt(v) + eps)``.
 
-    ``m`` already carries the ``dlr`` of the step that added each gradient. ``proceed`` is 1, or 0
-    on a step with nothing to do yet (every gradient so far zero): then ``decay_factor`` is 1, ``m``
-    is exactly zero, nothing moves and the step counters stay.
+    ``m`` already carries the ``dlr`` of the step that added each gradient. On a step with nothing to
+    do yet (every gradient so far zero) ``decay_factor`` is 1, ``m`` is exactly zero and nothing moves.
     """
     if decoupled:
         torch._foreach_mul_(params, decay_factor)
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-1.0)
-    torch._foreach_add_(steps, [proceed] * len(steps))  # the list form: all 0-d, and torch.compile traces it
 
 
 def dadapt_adagrad_statistics(
@@ -177,7 +174,7 @@ def dadapt_adagrad_statistics(
     torch._foreach_div_(grad_sq, denom)
     weighted_grad_sq = foreach_sums_of_nonnegative(grad_sq).sum()
 
-    torch._foreach_add_(s, torch._foreach_mul(grads, dlr))
+    add_scaled_(s, grads, dlr)
     weighted_s_sq = torch._foreach_mul(s, s)
     torch._foreach_div_(weighted_s_sq, denom)
     s_sq_change = (foreach_sums_of_nonnegative(weighted_s_sq) - old_s_sq).sum()
@@ -210,8 +207,7 @@ def dadapt_adagrad_apply(
 def _average_into(params: list[Tensor], z: list[Tensor], keep: Tensor, weight: Tensor, average: bool) -> None:
     if average:
         torch._foreach_mul_(params, keep)
-        torch._foreach_mul_(z, weight)
-        torch._foreach_add_(params, z)
+        add_scaled_(params, z, weight)
     else:
         torch._foreach_copy_(params, z)
 
@@ -229,7 +225,7 @@ def dadapt_sgd_statistics(
     if weight_decay != 0.0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     numerator = foreach_dot(grads, s)
-    torch._foreach_add_(s, torch._foreach_mul(grads, dlr))
+    add_scaled_(s, grads, dlr)
     return numerator, foreach_square_sum(s)
 
 
@@ -547,12 +543,13 @@ class DAdaptAdam(_DAdaptBase):
         p, _, m, v, _, steps = chunk.lists
         dlr = scale * group["lr"]
         self._apply_fn(
-            p, m, v, steps,
+            p, m, v,
             decay_factor=chunk.scalar(1 - group["weight_decay"] * dlr * step_scale),
-            proceed=chunk.scalar(step_scale),
             eps=group["eps"], decoupled=bool(self.param_groups[0]["decouple"] and group["weight_decay"] != 0),
             device_type=chunk.device.type,
         )
+        # the step counters stay on a step with nothing to do yet; the list form: 0-d tensors, traceable
+        torch._foreach_add_(steps, [step_scale.to(steps[0].dtype)] * len(steps))
 
 
 # --- DAdaptAdaGrad ------------------------------------------------------------------------------------
