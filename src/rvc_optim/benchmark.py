@@ -202,14 +202,15 @@ class Row:
     def label(self) -> str:
         return self.kind if self.published is None else self.published.label
 
-    @property
-    def compiles(self) -> bool:
+    def compiles(self, numel: int | None = None) -> bool:
+        """Whether this row compiles on a CPU, for a parameter set of ``numel`` elements (the default
+        path compiles large sets where ``RVC_OPTIM_COMPILE`` is ``auto``)."""
         if self.kind == "compiled":
             return True
         if self.kind == "default":
             from rvc_optim.optim._compile import resolve_compiled
 
-            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu")
+            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu", numel)
         return self.published.compiles
 
 
@@ -421,10 +422,11 @@ def run(rows: list[Row], sets: list[str], repeats: int, warmup: int, threads: in
     results: list[RowResult] = []
     for set_name in sets:
         params = make_parameters(set_name)
+        numel = sum(p.numel() for p in params)
         baseline = make_baseline(params, warmup)
         for row in rows:
             build = (builders or {}).get((row.algorithm, row.label))
-            if row.compiles and build is None:
+            if row.compiles(numel) and build is None:
                 result = time_compiling_row(row, set_name, repeats, warmup, threads, build_timeout, warm)
             else:
                 result = time_row(row, params, set_name, repeats, warmup, baseline, build)

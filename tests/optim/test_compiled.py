@@ -17,7 +17,15 @@ import torch._dynamo
 from rvc_optim.capabilities import capabilities_of
 from rvc_optim.catalog import RECORDS
 from rvc_optim.driver import ProtocolDriver
-from rvc_optim.optim._compile import ENV_VAR, compile_available, resolve_compiled
+from rvc_optim.optim._compile import (
+    CPU_AUTO_COMPILE_NUMEL,
+    ENV_VAR,
+    UpdateFunction,
+    _compile_chunks,
+    cache_blocks,
+    compile_available,
+    resolve_compiled,
+)
 
 COMPILED = [r for r in RECORDS if r.available and capabilities_of(r.cls).compiled]
 
@@ -28,7 +36,10 @@ def test_switch_reads_the_environment(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "1")
     assert resolve_compiled(None) is compile_available("cpu")
     monkeypatch.setenv(ENV_VAR, "auto")
-    assert resolve_compiled(None, "cpu") is False  # opt-in on CPU: compiling takes minutes there
+    # On a CPU only updates large enough to pay the build back within 1,000 steps compile.
+    assert resolve_compiled(None, "cpu") is False
+    assert resolve_compiled(None, "cpu", CPU_AUTO_COMPILE_NUMEL - 1) is False
+    assert resolve_compiled(None, "cpu", CPU_AUTO_COMPILE_NUMEL) is compile_available("cpu")
     assert resolve_compiled(None, "cuda") is compile_available("cuda")
     assert resolve_compiled(False) is False
     monkeypatch.setenv(ENV_VAR, "sometimes")
@@ -73,3 +84,48 @@ def test_compiled_matches_eager_and_compiles_once(record):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert graphs >= 1, f"{record.name}: nothing was compiled"
+
+
+def test_cache_blocks_cover_every_element_once_in_order():
+    """Large tensors are sliced into flat views of the block size, their tails and small tensors batched;
+    every element appears in exactly one block, aligned across the lists."""
+    shapes = [(3,), (40, 7), (5, 2, 3), (1,), (100,)]
+    a = [torch.arange(torch.Size(s).numel(), dtype=torch.float64).reshape(s) for s in shapes]
+    b = [t.clone() * 2 for t in a]
+    blocks = list(cache_blocks([a, b], block_numel=64))
+    for block_a, block_b in blocks:
+        # a batch closes once it holds a block's worth; what it took last was at most one block
+        assert sum(t.numel() for t in block_a) < 2 * 64
+        for x, y in zip(block_a, block_b):
+            torch.testing.assert_close(y, x * 2)
+            x.add_(1000.0)  # views: writes reach the tensors
+    for t in a:
+        assert bool((t >= 1000.0).all()) and bool((t < 2000.0).all())  # each element written once
+    assert any(len(block[0]) > 1 for block in blocks)  # small tensors were batched
+    assert any(block[0][0].numel() == 64 and block[0][0]._base is not None for block in blocks)  # slices
+
+
+def test_blocked_run_sums_reductions_and_reads_cpu_scalars_as_floats():
+    seen_types = []
+
+    def fn(xs, ys, *, scale):
+        seen_types.append(type(scale))
+        torch._foreach_add_(xs, ys, alpha=scale)
+        return torch.stack([x.sum() for x in xs]).sum(), torch.stack([y.sum() for y in ys]).sum()
+
+    xs = [torch.ones(300_000), torch.ones(10), torch.ones(7, 3)]
+    ys = [torch.full_like(x, 2.0) for x in xs]
+    total_x, total_y = UpdateFunction(fn, compiled=False)(xs, ys, scale=torch.tensor(0.5), device_type="cpu")
+    assert len(seen_types) > 1 and set(seen_types) == {float}
+    numel = sum(x.numel() for x in xs)
+    assert total_x.item() == 2.0 * numel and total_y.item() == 2.0 * numel
+    assert all(bool((x == 2.0).all()) for x in xs)
+
+
+def test_compile_chunks_are_full_largest_first_and_keep_tiny_tensors_eager():
+    tensors = [torch.zeros(n) for n in (5, 1, 900, 40, 3)] + [torch.zeros(4, 4).t()]  # the last: not contiguous
+    chunks, rest = _compile_chunks([tensors, [t.clone() for t in tensors]])
+    assert len(chunks) == 1 and len(chunks[0][0]) == 16  # padded to a full chunk
+    assert [t.numel() for t in chunks[0][0][:4]] == [900, 40, 5, 3]
+    assert all(t.dim() == 1 and t._base is None for t in chunks[0][0])  # flat, and not views
+    assert [t.numel() for t in rest[0]] == [1, 16]
