@@ -93,6 +93,11 @@ class Published:
 
 
 _RUN_LENGTH_R21 = {"num_epochs": 1, "num_batches_per_epoch": RUN_LENGTH}
+_SCHEDULE_FREE_ADAMW = [
+    Published("schedulefree", "schedulefree", "AdamWScheduleFree"),
+    Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeAdamW"),
+    Published("heavyball", "heavyball", "SFAdamW", compiles=True),
+]
 # algorithm (registry name) -> its published implementations. The next optimizers add rows here.
 PUBLISHED: dict[str, list[Published]] = {
     "Lion": [
@@ -100,16 +105,9 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "Lion"),
         Published("torch-optimi", "optimi", "Lion", {"foreach": True}),
     ],
-    "ScheduleFreeAdamW": [
-        Published("schedulefree", "schedulefree", "AdamWScheduleFree"),
-        Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeAdamW"),
-        Published("heavyball", "heavyball", "SFAdamW", compiles=True),
-    ],
-    "ScheduleFreeAdam": [  # with no weight decay (the record's setting) Adam and AdamW are the same update
-        Published("schedulefree", "schedulefree", "AdamWScheduleFree"),
-        Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeAdamW"),
-        Published("heavyball", "heavyball", "SFAdamW", compiles=True),
-    ],
+    "ScheduleFreeAdamW": _SCHEDULE_FREE_ADAMW,
+    # with no weight decay (the record's setting) Adam and AdamW are the same update
+    "ScheduleFreeAdam": _SCHEDULE_FREE_ADAMW,
     "ScheduleFreeSGD": [
         Published("schedulefree", "schedulefree", "SGDScheduleFree"),
         Published("pytorch_optimizer", "pytorch_optimizer", "ScheduleFreeSGD"),
