@@ -940,6 +940,12 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended={"lr": RVC_LR, "betas": RVC_BETAS, "eps": 1e-16, "weight_decay": RVC_WEIGHT_DECAY},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        corrections=(
+            "the belief is an average of squared deviations (g - m)^2 from a momentum that already includes "
+            "the current gradient, with eps added to it every step, not a plain difference from past gradients",
+            "rectification is on by default, so the first steps (five for beta2 0.99) are momentum SGD "
+            "steps on the raw gradient scale, not adaptive ones",
+        ),
     ),
     OptimizerInfo(
         name="AdaBeliefV2",
