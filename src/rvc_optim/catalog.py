@@ -1422,6 +1422,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         corrections=(
             "the second moment is not monotonically non-decreasing: it moves by (1 - beta2) * g^2 towards "
             "g^2 in either direction",
+            "the rate of that move is 1 - beta2 (0.001 by default); the guide's code used beta2 there, which "
+            "moves v by almost a whole g^2 every step",
         ),
     ),
     OptimizerInfo(
