@@ -44,7 +44,6 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
-    add_scaled_,
     addcdiv_scaled_,
     bias_correction,
     check_betas,
@@ -62,8 +61,6 @@ from rvc_optim.optim._foreach import (
 
 __all__ = ["AdaBelief", "AdaBeliefV2", "adabelief_update", "split_by_key"]
 
-# What a step does to the parameter, decided on the host from the step count.
-ADAM, RECTIFIED, MOMENTUM_ONLY, NO_STEP = "adam", "rectified", "momentum", "none"
 
 
 def split_by_key(keys: Sequence[Hashable], *lists: Sequence[Any]) -> dict[Hashable, list[list[Any]]]:
@@ -86,19 +83,24 @@ def adabelief_update(
     *,
     decay_lr: Tensor | float,
     step_size: Tensor | float,
-    bias_correction2_sqrt: Tensor | float,
+    divisor: Tensor | float,
+    shift: Tensor | float,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
     decoupled: bool,
     use_max: bool,
-    mode: str,
 ) -> None:
-    """One AdaBelief step; ``mode`` and the step's factors are decided on the host from the step count.
-    The operations are the reference's, in its order: a lerp for either average, or sqrt(bc2) folded into
-    the step size, rounds differently, and over 200 steps that grows to 3e-8 relative on a weight near
-    zero (measured), where the reference's order agrees bit for bit."""
+    """One AdaBelief step: ``p -= step_size * m / (sqrt(s) / divisor + shift)``, with the step's factors
+    decided on the host from the step count (:meth:`AdaBelief._step_factors`): an Adam step (divisor
+    sqrt(bc2), shift eps), a rectified one (1, eps), a momentum-SGD one (inf, 1: the denominator is
+    exactly 1) or none (step size 0). One formula for all, so the compiled update is built once; with
+    Python-float factors (the CPU eager path) the passes that change nothing are skipped.
+
+    The operations are the reference's, in its order: a lerp for either average, or sqrt(bc2) folded
+    into the step size, rounds differently, and over 200 steps that grows to 3e-8 relative on a weight
+    near zero (measured), where the reference's order agrees bit for bit."""
     if decoupled:
         decay_weights_(params, decay_lr, weight_decay)
     elif weight_decay != 0.0:
@@ -111,14 +113,14 @@ def adabelief_update(
     torch._foreach_add_(exp_avg_vars, eps)
     if max_exp_avg_vars:
         torch._foreach_maximum_(max_exp_avg_vars, exp_avg_vars)
-    if mode in (ADAM, RECTIFIED):
-        denom = torch._foreach_sqrt(max_exp_avg_vars if use_max else exp_avg_vars)
-        if mode == ADAM:
-            torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, eps)
-        addcdiv_scaled_(params, exp_avgs, denom, -step_size)
-    elif mode == MOMENTUM_ONLY:
-        add_scaled_(params, exp_avgs, -step_size)
+    if isinstance(divisor, float) and divisor == math.inf:  # on the CPU, the reference's momentum step
+        torch._foreach_add_(params, exp_avgs, alpha=-step_size)
+        return
+    denom = torch._foreach_sqrt(max_exp_avg_vars if use_max else exp_avg_vars)
+    if not (isinstance(divisor, float) and divisor == 1.0):  # a rectified step on the CPU: skip the pass
+        torch._foreach_div_(denom, divisor)
+    torch._foreach_add_(denom, shift)
+    addcdiv_scaled_(params, exp_avgs, denom, -step_size)
 
 
 def _rectified_scale(beta2: float, step: int) -> float | None:
@@ -193,18 +195,17 @@ class AdaBelief(Optimizer):
         super().__init__(params, defaults)
         self._update = UpdateFunction(adabelief_update, compiled)
 
-    def _step_factors(self, group: dict[str, Any], step: int) -> tuple[str, Any, float]:
-        """(mode, step_size, sqrt(bc2)) for this step: host arithmetic on the step count."""
+    def _step_factors(self, group: dict[str, Any], step: int) -> tuple[Any, float, float]:
+        """(step_size, divisor, shift) for this step: host arithmetic on the step count."""
         beta1, beta2 = group["betas"]
-        lr = group["lr"]
+        lr, eps = group["lr"], group["eps"]
         bc1 = bias_correction(beta1, step)
-        bc2_sqrt = math.sqrt(bias_correction(beta2, step))
         if not group["rectify"]:
-            return ADAM, lr / bc1, bc2_sqrt
+            return lr / bc1, math.sqrt(bias_correction(beta2, step)), eps
         r = _rectified_scale(beta2, step)
         if r is not None:
-            return RECTIFIED, (r / bc1) * lr, bc2_sqrt
-        return (MOMENTUM_ONLY, (1.0 / bc1) * lr, bc2_sqrt) if group["degenerated_to_sgd"] else (NO_STEP, 0.0, bc2_sqrt)
+            return (r / bc1) * lr, 1.0, eps
+        return ((1.0 / bc1) * lr if group["degenerated_to_sgd"] else 0.0), math.inf, 1.0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -223,7 +224,7 @@ class AdaBelief(Optimizer):
                     state_tensor(state, "max_exp_avg_var", p)
             beta1, beta2 = group["betas"]
             for step, (ps, gs) in split_by_key(steps, params, grads).items():
-                mode, step_size, bc2_sqrt = self._step_factors(group, step)
+                step_size, divisor, shift = self._step_factors(group, step)
                 states = [self.state[p] for p in ps]
                 maxes = [s["max_exp_avg_var"] for s in states] if amsgrad else []
                 for device, dtype, (p, g, m, v, *vmax) in group_by_device_and_dtype(
@@ -233,9 +234,9 @@ class AdaBelief(Optimizer):
                         p, g, m, v, vmax[0] if vmax else [],
                         decay_lr=scalar(1.0 if group["fixed_decay"] else group["lr"], device, dtype),
                         step_size=scalar(step_size, device, dtype),
-                        bias_correction2_sqrt=scalar(bc2_sqrt, device, dtype),
+                        divisor=scalar(divisor, device, dtype), shift=scalar(shift, device, dtype),
                         beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                        decoupled=group["weight_decouple"], use_max=amsgrad and not group["rectify"], mode=mode,
+                        decoupled=group["weight_decouple"], use_max=amsgrad and not group["rectify"],
                         device_type=device.type,
                     )
         return loss
