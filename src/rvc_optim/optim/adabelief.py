@@ -119,7 +119,8 @@ def adabelief_update(
     denom = torch._foreach_sqrt(max_exp_avg_vars if use_max else exp_avg_vars)
     if not (isinstance(divisor, float) and divisor == 1.0):  # a rectified step on the CPU: skip the pass
         torch._foreach_div_(denom, divisor)
-    torch._foreach_add_(denom, shift)
+    # a 0-d tensor alone would be read back to the host as a Scalar; as a list it broadcasts
+    torch._foreach_add_(denom, [shift] * len(denom) if isinstance(shift, Tensor) else shift)
     addcdiv_scaled_(params, exp_avgs, denom, -step_size)
 
 
