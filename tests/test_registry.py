@@ -196,6 +196,29 @@ def test_not_implemented_yet_says_so():
             create_optimizer(record.name, [nn.Parameter(torch.zeros(2))])
 
 
+def test_availability_is_per_class_not_per_module():
+    """Records may share a module (AdaBelief and AdaBeliefV2): one class landing there must not make
+    its sibling available, whose `.cls` would then be an AttributeError instead of NotImplementedYet."""
+    from dataclasses import replace
+
+    lion = optimizer_info("Lion")
+    assert lion.available
+    missing = replace(lion, name="NotLion", class_path="rvc_optim.optim.lion:NoSuchOptimizer")
+    assert not missing.available
+    with pytest.raises(NotImplementedYet, match="not implemented yet"):
+        missing.cls
+
+
+def test_a_module_that_fails_to_import_raises(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    (tmp_path / "rvc_optim_broken_module.py").write_text("raise RuntimeError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = replace(optimizer_info("Lion"), name="Broken", class_path="rvc_optim_broken_module:Lion")
+    with pytest.raises(RuntimeError, match="broken on import"):
+        broken.available
+
+
 def test_goals_name_registered_optimizers():
     keys = [g.key for g in GOALS]
     assert keys == ["default", "drop-in", "fastest", "no-lr-tuning", "low-memory", "large-batch"]

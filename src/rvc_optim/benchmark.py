@@ -141,6 +141,31 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("ranger21", "ranger21", "Ranger21", _RUN_LENGTH_R21),
         Published("pytorch_optimizer", "pytorch_optimizer", "Ranger21", {"num_iterations": RUN_LENGTH}),
     ],
+    # --- the Adam variants of issue 14: AdaBelief, AdaBeliefV2, PAdam, QHAdam, Yogi ---
+    "AdaBelief": [
+        Published("adabelief-pytorch", "adabelief_pytorch", "AdaBelief", {"print_change_log": False}),
+        Published("pytorch_optimizer", "pytorch_optimizer", "AdaBelief", {"rectify": True}),
+        Published("timm", "timm.optim", "AdaBelief"),
+    ],
+    "AdaBeliefV2": [
+        Published("adabelief-pytorch", "adabelief_pytorch", "AdaBelief",
+                  {"print_change_log": False, "amsgrad": True, "rectify": False}),
+        Published("pytorch_optimizer", "pytorch_optimizer", "AdaBelief", {"ams_bound": True, "rectify": False}),
+        Published("timm", "timm.optim", "AdaBelief", {"amsgrad": True, "rectify": False}),
+    ],
+    "PAdam": [
+        Published("pytorch_optimizer", "pytorch_optimizer", "PAdam",
+                  note="no amsgrad: keeps one buffer less than ours (amsgrad=True, the authors' default)"),
+    ],
+    "QHAdam": [
+        Published("qhoptim", "qhoptim.pyt", "QHAdam"),
+        Published("torch-optimizer", "torch_optimizer", "QHAdam"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "QHAdam", {"weight_decouple": True}),
+    ],
+    "Yogi": [
+        Published("torch-optimizer", "torch_optimizer", "Yogi"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "Yogi", {"weight_decouple": False}),
+    ],
 }
 
 

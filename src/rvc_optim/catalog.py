@@ -940,6 +940,12 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended={"lr": RVC_LR, "betas": RVC_BETAS, "eps": 1e-16, "weight_decay": RVC_WEIGHT_DECAY},
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        corrections=(
+            "the belief is an average of squared deviations (g - m)^2 from a momentum that already includes "
+            "the current gradient, with eps added to it every step, not a plain difference from past gradients",
+            "rectification is on by default, so the first steps (five for beta2 0.99) are momentum SGD "
+            "steps on the raw gradient scale, not adaptive ones",
+        ),
     ),
     OptimizerInfo(
         name="AdaBeliefV2",
@@ -1416,6 +1422,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         corrections=(
             "the second moment is not monotonically non-decreasing: it moves by (1 - beta2) * g^2 towards "
             "g^2 in either direction",
+            "the rate of that move is 1 - beta2 (0.001 by default); the guide's code used beta2 there, which "
+            "moves v by almost a whole g^2 every step",
         ),
     ),
     OptimizerInfo(

@@ -184,8 +184,8 @@ class Protocol:
 class OptimizerInfo:
     """One optimizer: the guide's data, our description, the recommendation and the protocol.
 
-    ``class_path`` is ``"module:Class"``. A record whose module does not exist yet is registered but
-    not available (:attr:`available` is False and :attr:`cls` raises :class:`NotImplementedYet`).
+    ``class_path`` is ``"module:Class"``. A record whose module or class does not exist yet is registered
+    but not available (:attr:`available` is False and :attr:`cls` raises :class:`NotImplementedYet`).
     ``recommended`` is what :func:`rvc_optim.create_optimizer` uses for anything the caller leaves
     out, at RVC scale; the class keeps its authors' defaults. ``test_settings`` override it in the
     contract suite's 50-step regression where the RVC-scale value is too slow for 50 steps, with the
@@ -232,11 +232,15 @@ class OptimizerInfo:
 
     @property
     def available(self) -> bool:
-        """Whether the implementation exists. A module that exists but fails to import raises."""
+        """Whether the implementation exists: the module exists and defines the class (several records
+        may share a module, and one class landing must not make its siblings available). A module that
+        exists but fails to import raises."""
         try:
-            return importlib.util.find_spec(self.module_name) is not None
+            if importlib.util.find_spec(self.module_name) is None:
+                return False
         except ModuleNotFoundError:
             return False
+        return hasattr(importlib.import_module(self.module_name), self.class_name)
 
     @property
     def cls(self) -> type[Optimizer]:
