@@ -69,18 +69,18 @@ def trust_ratios(numerators: Tensor, denominators: Tensor) -> Tensor:
 
 
 def add_scaled_per_tensor_(targets: list[Tensor], tensors: list[Tensor], factors: Tensor) -> None:
-    """``targets[i] += factors[i] * tensors[i]`` (factors: a 1-d tensor, one value per tensor).
+    """``targets[i] += factors[i] * tensors[i]`` (factors: a 1-d tensor, one value per tensor);
+    ``tensors`` are left as they are.
 
-    On a CPU the factors are read as Python floats (free there) and each tensor takes one fused
-    ``add_(alpha=)`` pass; elsewhere the factors stay on the device and scale ``tensors`` in place
-    (pass temporaries) before one multi-tensor add.
+    On a CPU (eager) the factors are read as Python floats (free there) and each tensor takes one
+    fused ``add_(alpha=)`` pass; elsewhere the factors stay on the device: one multi-tensor multiply
+    into temporaries, then one multi-tensor add.
     """
-    if factors.device.type == "cpu":
+    if factors.device.type == "cpu" and not torch.compiler.is_compiling():
         for target, tensor, factor in zip(targets, tensors, factors.tolist()):
             target.add_(tensor, alpha=factor)
         return
-    torch._foreach_mul_(tensors, list(factors.to(tensors[0].dtype).unbind()))
-    torch._foreach_add_(targets, tensors)
+    torch._foreach_add_(targets, torch._foreach_mul(tensors, list(factors.to(tensors[0].dtype).unbind())))
 
 
 def global_grad_norm(grads: list[Tensor]) -> Tensor:
