@@ -60,3 +60,13 @@ def test_local_rate_applied_once():
     expected = lam * (grad + wd * weight)
     torch.testing.assert_close(state["momentum_buffer"], expected, rtol=1e-13, atol=0)
     torch.testing.assert_close(out, weight - lr * expected, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("case", ["dampening", "nesterov_always_adapt"])
+def test_parity_with_timm_on_the_whole_list_path(case, monkeypatch):
+    # Accelerators and the compiled path put the local rate into the directions over whole lists; the
+    # CPU eager path runs one blocked update per tensor. Force the first here, eagerly.
+    monkeypatch.setattr("rvc_optim.optim.lars.resolve_compiled", lambda *args: True)
+    options = CASES[case]
+    run_parity(lambda groups: LARS(groups, **options), lambda groups: TimmLars(groups, foreach=False, **options),
+               GROUPS, STATE_KEYS, steps=50)

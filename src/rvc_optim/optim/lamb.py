@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim.adan import global_clip_factor
 from rvc_optim.optim._foreach import (
     addcdiv_scaled_,
     bias_correction,
@@ -81,16 +82,6 @@ def add_scaled_per_tensor_(targets: list[Tensor], tensors: list[Tensor], factors
             target.add_(tensor, alpha=factor)
         return
     torch._foreach_add_(targets, torch._foreach_mul(tensors, list(factors.to(tensors[0].dtype).unbind())))
-
-
-def global_grad_norm(grads: list[Tensor]) -> Tensor:
-    """The L2 norm of all gradients together (any devices and dtypes), a 0-d tensor on the first
-    gradient's device, in float64 if any gradient is float64."""
-    total_dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
-    device = grads[0].device
-    squares = [tensor_norms(bucket).square().sum().to(device=device, dtype=total_dtype)
-               for _, _, (bucket,) in group_by_device_and_dtype(grads)]
-    return torch.stack(squares).sum().sqrt()
 
 
 # --- LAMB -------------------------------------------------------------------------------------------
@@ -207,7 +198,7 @@ class LAMB(Optimizer):
         max_grad_norm = self.defaults["max_grad_norm"]
         inv_clip = None
         if max_grad_norm is not None and all_grads:
-            inv_clip = 1.0 / torch.clamp(global_grad_norm(all_grads) / max_grad_norm, min=1.0)
+            inv_clip = global_clip_factor(all_grads, max_grad_norm, eps=0.0)  # 1 / max(1, ||g|| / max_grad_norm)
 
         for group, (params, grads) in zip(self.param_groups, gathered):
             group["step"] = group.get("step", 0) + 1

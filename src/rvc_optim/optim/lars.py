@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
 from rvc_optim.optim._foreach import (
     add_scaled_,
     check_eps,
@@ -35,6 +35,7 @@ from rvc_optim.optim._foreach import (
     check_momentum,
     check_nonnegative,
     check_weight_decay,
+    decay_weights_,
     foreach_mul_by_constant_,
     group_by_device_and_dtype,
     params_with_grad,
@@ -48,25 +49,33 @@ __all__ = ["LARS", "lars_update"]
 
 def lars_update(
     params: list[Tensor],
-    directions: list[Tensor],
+    grads: list[Tensor],
     momentum_buffers: list[Tensor],
     *,
     lr: Tensor | float,
+    rate: Tensor | float,
+    weight_decay: float,
     momentum: float,
-    dampening: float,
+    decay: float,
+    damping: float,
     nesterov: bool,
-    first: bool,
 ) -> None:
-    """The momentum and the step, on directions that already carry the local rate (d = lam (g + wd p)).
-    ``first``: the buffers were just made equal to d (torch SGD's first step)."""
-    if not first:
-        foreach_mul_by_constant_(momentum_buffers, momentum)
-        torch._foreach_add_(momentum_buffers, directions, alpha=1.0 - dampening)
+    """The momentum and the step for d = rate * (g + weight_decay * p): buf <- decay * buf + damping * d
+    (decay 0 and damping 1 on a buffer's first step: buf = d, as torch's SGD), then p <- p - lr * buf,
+    or p - lr * (d + momentum * buf) with Nesterov, or p - lr * d without buffers (momentum 0)."""
+    if momentum_buffers:
+        foreach_mul_by_constant_(momentum_buffers, decay)
+        add_scaled_(momentum_buffers, grads, damping * rate)
+        if weight_decay != 0.0:
+            add_scaled_(momentum_buffers, params, damping * rate * weight_decay)
+        if not nesterov:
+            add_scaled_(params, momentum_buffers, -lr)
+            return
+    # p - lr * d: the decay term first, from p as it was, then the gradient term (and Nesterov's)
+    decay_weights_(params, lr * rate, weight_decay)
+    add_scaled_(params, grads, -lr * rate)
     if nesterov:
-        torch._foreach_add_(directions, momentum_buffers, alpha=momentum)
-        add_scaled_(params, directions, -lr)
-    else:
-        add_scaled_(params, momentum_buffers, -lr)
+        add_scaled_(params, momentum_buffers, -lr * momentum)
 
 
 class LARS(Optimizer):
@@ -125,36 +134,50 @@ class LARS(Optimizer):
             params, grads = params_with_grad(group, "LARS")
             if not params:
                 continue
-            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            adapt = wd != 0.0 or group["always_adapt"]
-            for device, dtype, (p, g) in group_by_device_and_dtype(params, grads):
-                directions = torch._foreach_add(g, p, alpha=wd) if wd != 0.0 else torch._foreach_mul(g, 1.0)
-                if adapt:
-                    w_norms, g_norms = tensor_norms(p), tensor_norms(g)
-                    rates = group["trust_coeff"] * w_norms / (g_norms + wd * w_norms + group["eps"])
-                    rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
-                    if group["trust_clip"]:
-                        rates = torch.clamp(rates / scalar(lr, device, dtype), max=1.0)
-                    torch._foreach_mul_(directions, list(rates.to(dtype).unbind()))
-                self._step(p, directions, group, device, dtype)
+            momentum = group["momentum"]
+            fresh = momentum != 0.0 and [p for p in params if "momentum_buffer" not in self.state[p]]
+            for p in fresh or ():
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers = [self.state[p]["momentum_buffer"] for p in params] if momentum != 0.0 else []
+            # torch's SGD starts a buffer at d: decay 0 and no dampening on its first step
+            first = {id(p) for p in fresh or ()}
+            for device, dtype, lists in group_by_device_and_dtype(params, grads, *([buffers] if buffers else [])):
+                self._step(group, device, dtype, lists[0], lists[1], lists[2] if buffers else [], first)
         return loss
 
-    def _step(self, params: list[Tensor], directions: list[Tensor], group: dict[str, Any],
-              device: torch.device, dtype: torch.dtype) -> None:
-        momentum = group["momentum"]
-        scalars = dict(lr=scalar(group["lr"], device, dtype), momentum=momentum, dampening=group["dampening"],
-                       nesterov=group["nesterov"], device_type=device.type)
-        if momentum == 0.0:
-            add_scaled_(params, directions, -scalars["lr"])
+    def _step(self, group: dict[str, Any], device: torch.device, dtype: torch.dtype, params: list[Tensor],
+              grads: list[Tensor], buffers: list[Tensor], first: set[int]) -> None:
+        lr, wd, momentum = scalar(group["lr"], device, dtype), group["weight_decay"], group["momentum"]
+        rates = None
+        if wd != 0.0 or group["always_adapt"]:
+            w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
+            rates = group["trust_coeff"] * w_norms / (g_norms + wd * w_norms + group["eps"])
+            rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
+            if group["trust_clip"]:
+                rates = torch.clamp(rates / lr, max=1.0)
+        fixed = dict(lr=lr, weight_decay=wd, momentum=momentum, nesterov=group["nesterov"], device_type=device.type)
+        per_tensor = device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu")
+        if rates is not None and not per_tensor:
+            # whole lists: the local rate goes into the directions, d = rate * (g + wd * p)
+            grads = torch._foreach_add(grads, params, alpha=wd) if wd != 0.0 else list(grads)
+            grads = torch._foreach_mul(grads, list(rates.to(dtype).unbind()))
+            fixed["weight_decay"], rates = 0.0, None
+        if rates is None:
+            self._call(params, grads, buffers, first, group["dampening"], rate=1.0, **fixed)
             return
-        new, old = ([], [], []), ([], [], [])
-        for p, d in zip(params, directions):
-            state = self.state[p]
-            is_new = "momentum_buffer" not in state
-            if is_new:
-                state["momentum_buffer"] = torch.clone(d).detach()
-            for out, t in zip(new if is_new else old, (p, d, state["momentum_buffer"])):
-                out.append(t)
-        for lists, first in ((old, False), (new, True)):
-            if lists[0]:
-                self._update(*lists, first=first, **scalars)
+        # a CPU: one blocked update per tensor, its local rate a Python float (free to read there)
+        for i, rate in enumerate(rates.tolist()):
+            self._call([params[i]], [grads[i]], buffers[i:i + 1], first, group["dampening"], rate=rate, **fixed)
+
+    def _call(self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], first: set[int],
+              dampening: float, **scalars: Any) -> None:
+        """The update; buffers on their first step (decay 0, no dampening) in a call of their own."""
+        if not buffers:
+            self._update(params, grads, [], decay=0.0, damping=1.0, **scalars)
+            return
+        for is_first in (False, True):
+            chosen = [i for i, p in enumerate(params) if (id(p) in first) == is_first]
+            if chosen:
+                self._update([params[i] for i in chosen], [grads[i] for i in chosen], [buffers[i] for i in chosen],
+                             decay=0.0 if is_first else scalars["momentum"],
+                             damping=1.0 if is_first else 1.0 - dampening, **scalars)
