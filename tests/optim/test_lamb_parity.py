@@ -97,3 +97,19 @@ def test_without_decay_or_always_adapt_it_is_adam():
     weight, grad = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
     out = _one_step(weight, grad, weight_decay=0.0, eps=0.0)
     torch.testing.assert_close(out, weight - 0.1 * torch.sign(grad), rtol=1e-12, atol=0)
+
+
+def run_whole_lists_with_tensor_scalars(monkeypatch):
+    """Make the CPU run the update functions as accelerators do: whole lists, per-step scalars as 0-d
+    tensors (the CPU eager path cuts blocks and passes Python floats)."""
+    monkeypatch.setattr("rvc_optim.optim._compile.UpdateFunction._run_blocked",
+                        lambda self, lists, scalars: self.fn(*lists, **scalars))
+
+
+@pytest.mark.parametrize("case", ["clipped", "always_adapt", "no_bias_correction_no_averaging"])
+def test_parity_with_timm_with_tensor_scalars(case, monkeypatch):
+    run_whole_lists_with_tensor_scalars(monkeypatch)
+    options = CASES[case]
+    run_parity(lambda groups: LAMB(groups, betas=BETAS, eps=1e-8, **options),
+               lambda groups: TimmLamb(groups, betas=BETAS, eps=1e-8, foreach=False, **options),
+               GROUPS, STATE_KEYS, steps=50)

@@ -12,7 +12,7 @@ import torch
 
 from rvc_optim.optim.lars import LARS
 from tests.optim.parity import run_parity
-from tests.optim.test_lamb_parity import load_timm_optim
+from tests.optim.test_lamb_parity import load_timm_optim, run_whole_lists_with_tensor_scalars
 
 TimmLars = load_timm_optim("lars").Lars
 
@@ -65,8 +65,10 @@ def test_local_rate_applied_once():
 @pytest.mark.parametrize("case", ["dampening", "nesterov_always_adapt"])
 def test_parity_with_timm_on_the_whole_list_path(case, monkeypatch):
     # Accelerators and the compiled path put the local rate into the directions over whole lists; the
-    # CPU eager path runs one blocked update per tensor. Force the first here, eagerly.
+    # CPU eager path runs one blocked update per tensor. Force the first here, eagerly, with the per-step
+    # scalars as 0-d tensors, as an accelerator passes them.
     monkeypatch.setattr("rvc_optim.optim.lars.resolve_compiled", lambda *args: True)
+    run_whole_lists_with_tensor_scalars(monkeypatch)
     options = CASES[case]
     run_parity(lambda groups: LARS(groups, **options), lambda groups: TimmLars(groups, foreach=False, **options),
                GROUPS, STATE_KEYS, steps=50)

@@ -34,6 +34,7 @@ from torch.optim import Optimizer
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim.adan import global_clip_factor
 from rvc_optim.optim._foreach import (
+    add_scaled_,
     addcdiv_scaled_,
     bias_correction,
     check_betas,
@@ -96,27 +97,29 @@ def lamb_moments(
     *,
     inv_clip: Tensor | float,
     step_size: Tensor | float,
-    inv_sqrt_bc2: Tensor | float,
+    eps_sqrt_bc2: Tensor | float,
     beta1: float,
     beta2: float,
     beta3: float,
-    eps: float,
     weight_decay: float,
 ) -> None:
     """The elementwise part of a LAMB step: the moments, and the Adam update plus L2 term written into
-    ``updates`` (``step_size`` is 1 / bc1). With ``updates`` the parameters themselves (no trust ratio),
-    ``step_size`` is -lr / bc1 and the step is taken here."""
-    clipped = torch._foreach_mul(grads, inv_clip)
-    if beta3 == 1.0 - beta1:
-        torch._foreach_lerp_(exp_avgs, clipped, beta3)
-    else:
-        foreach_mul_by_constant_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, clipped, alpha=beta3)
+    ``updates``. The bias corrections are folded as in timm's foreach path: (m / bc1) / (sqrt(v / bc2) +
+    eps) = sqrt(bc2) / bc1 * m / (sqrt(v) + eps sqrt(bc2)), so ``step_size`` is sqrt(bc2) / bc1 and
+    ``eps_sqrt_bc2`` is eps sqrt(bc2). With ``updates`` the parameters themselves (no trust ratio),
+    ``step_size`` is -lr sqrt(bc2) / bc1 and the step is taken here."""
+    # m <- beta1 m + beta3 c g and v <- beta2 v + (1 - beta2) c^2 g^2, with the clip factor c folded into
+    # the coefficients: no clipped copy of the gradients is made
+    foreach_mul_by_constant_(exp_avgs, beta1)
+    add_scaled_(exp_avgs, grads, beta3 * inv_clip)
     foreach_mul_by_constant_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, clipped, clipped, value=1.0 - beta2)
+    if isinstance(inv_clip, Tensor):
+        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, (1.0 - beta2) * inv_clip * inv_clip), grads)
+    else:
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=(1.0 - beta2) * inv_clip * inv_clip)
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_mul_(denom, inv_sqrt_bc2)
-    torch._foreach_add_(denom, eps)
+    # a 0-d tensor where a number is expected would be read back by torch's argument parser: pass a list
+    torch._foreach_add_(denom, [eps_sqrt_bc2] * len(denom) if isinstance(eps_sqrt_bc2, Tensor) else eps_sqrt_bc2)
     if updates is params:
         addcdiv_scaled_(params, exp_avgs, denom, step_size)
         return
@@ -214,15 +217,15 @@ class LAMB(Optimizer):
             for device, dtype, (p, g, m, v) in group_by_device_and_dtype(params, grads, exp_avgs, exp_avg_sqs):
                 scalars = dict(
                     inv_clip=scalar(1.0, device, dtype) if inv_clip is None else inv_clip.to(device, scalar_dtype(dtype)),
-                    inv_sqrt_bc2=scalar(bc2**-0.5, device, dtype),
+                    eps_sqrt_bc2=scalar(group["eps"] * bc2**0.5, device, dtype),
                     beta1=beta1, beta2=beta2, beta3=1.0 - beta1 if group["grad_averaging"] else 1.0,
-                    eps=group["eps"], weight_decay=wd, device_type=device.type,
+                    weight_decay=wd, device_type=device.type,
                 )
                 if not adapt:
-                    self._adam_step(p, g, m, v, step_size=scalar(-lr / bc1, device, dtype), **scalars)
+                    self._adam_step(p, g, m, v, step_size=scalar(-lr * bc2**0.5 / bc1, device, dtype), **scalars)
                     continue
                 updates = [torch.empty_like(x) for x in p]
-                self._moments(p, g, m, v, updates, step_size=scalar(1.0 / bc1, device, dtype), **scalars)
+                self._moments(p, g, m, v, updates, step_size=scalar(bc2**0.5 / bc1, device, dtype), **scalars)
                 ratios = trust_ratios(tensor_norms(p), tensor_norms(updates))
                 if group["trust_clip"]:
                     ratios = torch.clamp(ratios, max=1.0)
