@@ -65,7 +65,7 @@ class Fromage(Optimizer):
             cap). As in the authors' code it is one value for the optimizer, and a tensor that is zero
             at its first step is held at zero (its cap is 0): keep zero-initialised biases out of it.
         compiled: use the ``torch.compile``d update over whole lists (None: decided by
-            ``RVC_OPTIM_COMPILE``).
+            ``RVC_OPTIM_COMPILE`` off a CPU; eager on a CPU, where only True compiles).
 
     Deviations from the reference:
         * norms and ratios stay on the device (the authors' code reads them with ``.item()``);
@@ -102,5 +102,11 @@ class Fromage(Optimizer):
                             self.state[x]["max"] = norm
                     maxima = [self.state[x]["max"] for x in p]
                 lr_t = scalar(lr, device, dtype)
-                self._update(p, g, maxima, lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t), device_type=device.type)
+                # On a CPU only an explicit compiled=True compiles: the eager update reads each tensor about
+                # three times, and a graph over whole lists of fixed shapes is slow to build.
+                scalars = dict(lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
+                if device.type == "cpu" and self._update.compiled is None:
+                    fromage_update(p, g, maxima, **scalars)
+                else:
+                    self._update(p, g, maxima, device_type=device.type, **scalars)
         return loss
