@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rvc_optim.catalog import GOALS, RECORDS
-from rvc_optim.cli import main
+from rvc_optim.cli import NOT_AVAILABLE_MARK, main
+from rvc_optim.records import OptimizerInfo
+from rvc_optim.registry import optimizer_info
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -47,6 +49,42 @@ def test_recommend_each_goal(capsys, goal):
     code, out, _ = run(capsys, "recommend", "--goal", goal)
     record = next(g for g in GOALS if g.key == goal)
     assert code == 0 and all(name in out for name in record.names)
+
+
+def _recommendation_lines(out: str) -> dict[str, str]:
+    return {g.key: next(line for line in out.splitlines() if line.startswith(f"{g.title} [{g.key}]:")) for g in GOALS}
+
+
+def _assert_unavailable_marked(out: str) -> None:
+    for key, line in _recommendation_lines(out).items():
+        listed = line.split("]: ", 1)[1]
+        for name in next(g for g in GOALS if g.key == key).names:
+            marked = f"{name} {NOT_AVAILABLE_MARK}" in listed
+            available = optimizer_info(name).available
+            assert name in listed, f"{key}: {name} missing from {line!r}"
+            assert marked != available, (
+                f"recommend --goal {key}: {name} is {'available' if available else 'not available'} "
+                f"but {'is' if marked else 'is not'} marked {NOT_AVAILABLE_MARK!r}: {line!r}")
+
+
+def test_recommend_never_names_an_unavailable_optimizer_unmarked(capsys, monkeypatch):
+    code, out, _ = run(capsys, "recommend")
+    assert code == 0
+    _assert_unavailable_marked(out)
+    # Once everything exists the check above has nothing to catch: take one recommended optimizer of
+    # every goal away and check again.
+    taken = {g.names[0] for g in GOALS}
+    real = OptimizerInfo.available
+    monkeypatch.setattr(OptimizerInfo, "available", property(lambda r: r.name not in taken and real.fget(r)))
+    code, out, _ = run(capsys, "recommend")
+    assert code == 0
+    _assert_unavailable_marked(out)
+    assert out.count(NOT_AVAILABLE_MARK) >= len(taken)
+
+
+def test_large_batch_recommends_available_optimizers(capsys):
+    code, out, _ = run(capsys, "recommend", "--goal", "large-batch")
+    assert code == 0 and "LAMB" in out and "LARS" in out and NOT_AVAILABLE_MARK not in out
 
 
 def test_recommend_all_goals(capsys):

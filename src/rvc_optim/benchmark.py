@@ -166,6 +166,32 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("torch-optimizer", "torch_optimizer", "Yogi"),
         Published("pytorch_optimizer", "pytorch_optimizer", "Yogi", {"weight_decouple": False}),
     ],
+    # --- layer-wise / normalized family (issue 14): LAMB, LARS, NovoGrad, Fromage, Nero ---
+    # timm's rows import timm.optim, whose package __init__ needs torchvision: where that is missing they
+    # are reported "not timed" (tests/optim/test_lamb_parity.py loads the modules alone).
+    "LAMB": [
+        Published("timm", "timm.optim", "Lamb", {"foreach": True}),
+        Published("pytorch_optimizer", "pytorch_optimizer", "Lamb", {"weight_decouple": False},
+                  note="its own variant: step divided by 1 - beta1^t only, ||p|| clamped at 10"),
+        Published("torch-optimizer", "torch_optimizer", "Lamb", note="its own variant: no bias correction"),
+    ],
+    "LARS": [
+        Published("timm", "timm.optim", "Lars", {"foreach": True}),
+        Published("torch-optimizer", "torch_optimizer", "LARS", {"trust_coefficient": 1e-3}),
+        Published("pytorch_optimizer", "pytorch_optimizer", "LARS", {"trust_coefficient": 1e-3},
+                  note="its own variant: vectors unscaled, no eps"),
+    ],
+    "NovoGrad": [
+        Published("timm", "timm.optim", "NvNovoGrad"),
+        Published("torch-optimizer", "torch_optimizer", "NovoGrad"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "NovoGrad"),
+    ],
+    "Fromage": [
+        Published("pytorch_optimizer", "pytorch_optimizer", "Fromage"),
+    ],
+    "Nero": [
+        Published("pytorch_optimizer", "pytorch_optimizer", "Nero", {"eps": 0.0}),
+    ],
 }
 
 

@@ -792,7 +792,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "When Adam's per-element state is too much but layer-wise scaling is wanted. Normalised "
             "gradients make the per-element step small, so it needs an lr around 1e-3 to 1e-2."
         ),
-        state="exp_avg: 1x params, plus one scalar per tensor",
+        state="exp_avg: 1x params; exp_avg_sq (and max_exp_avg_sq with amsgrad): one scalar per tensor",
         floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": 1e-3, "betas": (0.95, 0.98), "weight_decay": 1e-3},
         aliases=("nvnovograd",),
@@ -1010,6 +1010,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         test_settings={"lr": 1e-2},
         test_settings_reason="a relative change of 1e-3 per step is too slow for the 50-step contract",
+        corrections=(
+            "the trust ratio is applied only with weight decay (or always_adapt): with weight_decay 0 "
+            "LAMB takes plain Adam steps",
+            "a layer whose weights are all zero takes an Adam-sized step (trust ratio 1), not a zero step",
+        ),
     ),
     OptimizerInfo(
         name="LARS",
@@ -1526,8 +1531,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "scalar per neuron."
         ),
         when_to_use=(
-            "Experimental for RVC: its constraints fight weight norm (the [C, 1, 1] magnitudes must be "
-            "treated as 1-D or left unconstrained). Build it before the first forward pass."
+            "Experimental for RVC. Its constraints would zero weight norm's [C, 1, 1] magnitudes, so tensors "
+            "with one element per neuron are left unconstrained (put any other tensor in a group with "
+            "constraints=False). Build it before the first forward pass; lr 1e-3 is cautious, the authors "
+            "use 1e-2."
         ),
         state="exp_avg_sq: one value per neuron (sublinear for matrices, 1x for vectors), plus a scale per tensor",
         floor_bytes_per_param=memory_floor(0, reduction=True),

@@ -13,6 +13,8 @@ from rvc_optim.registry import list_optimizers, normalize_name, optimizer_info
 __all__ = ["main", "markdown_table", "render_list", "render_recommendation", "render_show"]
 
 WIDTH = 100
+# How `recommend` marks an optimizer that is registered but not implemented in this version.
+NOT_AVAILABLE_MARK = "(not yet available)"
 
 
 def _status(record) -> str:
@@ -68,11 +70,17 @@ def render_show(name: str) -> str:
     return "\n".join(out)
 
 
+def _recommended_name(name: str) -> str:
+    """A goal's optimizer, marked when this version does not implement it yet."""
+    return name if optimizer_info(name).available else f"{name} {NOT_AVAILABLE_MARK}"
+
+
 def render_recommendation(goal: str | None) -> str:
+    """The goals' recommendations; an optimizer not implemented in this version is marked as such."""
     goals = GOALS if goal is None else [g for g in GOALS if normalize_name(g.key) == normalize_name(goal)]
     out = []
     for g in goals:
-        out.append(f"{g.title} [{g.key}]: {', '.join(g.names)}")
+        out.append(f"{g.title} [{g.key}]: {', '.join(_recommended_name(n) for n in g.names)}")
         out.append(_wrap(g.reason))
         out.append("")
     return "\n".join(out).rstrip()

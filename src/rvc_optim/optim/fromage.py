@@ -1,0 +1,112 @@
+"""Fromage (Frobenius matched gradient descent).
+
+Paper: "On the distance between two neural networks and the stability of learning", J. Bernstein,
+A. Vahdat, Y. Yue, M.-Y. Liu, 2020 (NeurIPS 2020), arXiv:2002.03432. Written from the paper's
+algorithm; the authors' code (jxbz/fromage) is the behaviour matched, through pytorch_optimizer's
+port of it.
+
+Update for each tensor p with gradient g::
+
+    r = ||p|| / ||g||, r = 1 where either norm is 0     a zero tensor takes a plain lr * g step
+    p <- (p - lr r g) / sqrt(1 + lr^2)
+    with p_bound: M = p_bound ||p|| at p's first step; p <- p M / ||p|| whenever ||p|| > M
+
+Every tensor moves by about lr relative to its own norm, and the division by sqrt(1 + lr^2) undoes the
+norm growth that steps orthogonal to p cause. State: none (``max``, one scalar per tensor, with
+p_bound). Pick it as a state-free, scale-invariant baseline; lr is a relative change per step (the
+authors start at 1e-2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._foreach import (
+    check_lr,
+    check_positive,
+    group_by_device_and_dtype,
+    params_with_grad,
+    run_closure,
+    scalar,
+)
+from rvc_optim.optim.lamb import add_scaled_per_tensor_, tensor_norms, trust_ratios
+
+__all__ = ["Fromage", "fromage_update"]
+
+
+def fromage_update(params: list[Tensor], grads: list[Tensor], maxima: list[Tensor], *,
+                   lr: Tensor | float, shrink: Tensor) -> None:
+    """One Fromage step on a list of tensors sharing a device and dtype. ``shrink`` is
+    sqrt(1 + lr^2); ``maxima`` is empty without p_bound. Per-tensor norms from one multi-tensor norm
+    each, no value read back from the device."""
+    ratios = trust_ratios(tensor_norms(params), tensor_norms(grads))
+    add_scaled_per_tensor_(params, grads, -lr * ratios)
+    torch._foreach_div_(params, shrink)
+    if maxima:
+        norms = tensor_norms(params)
+        bound = torch.stack(maxima).to(norms.dtype)
+        factors = torch.where(norms > bound, bound / norms, torch.ones_like(norms))
+        torch._foreach_mul_(params, list(factors.to(params[0].dtype).unbind()))
+
+
+class Fromage(Optimizer):
+    """Fromage with the authors' argument names and defaults.
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate, a relative change per step (default 0.01).
+        p_bound: cap every tensor's norm at p_bound times its norm at its first step (default None: no
+            cap). As in the authors' code it is one value for the optimizer, and a tensor that is zero
+            at its first step is held at zero (its cap is 0): keep zero-initialised biases out of it.
+        compiled: use the ``torch.compile``d update over whole lists (None: decided by
+            ``RVC_OPTIM_COMPILE`` off a CPU; eager on a CPU, where only True compiles).
+
+    Deviations from the reference:
+        * norms and ratios stay on the device (the authors' code reads them with ``.item()``);
+        * the cap multiplies by M / ||p|| (the reference multiplies by M, then divides by ||p||).
+    """
+
+    def __init__(self, params: Any, lr: float | Tensor = 0.01, p_bound: float | None = None, *,
+                 compiled: bool | None = None) -> None:
+        check_lr(lr)
+        if p_bound is not None:
+            check_positive(p_bound, "p_bound")
+        self.p_bound = p_bound
+        super().__init__(params, dict(lr=lr))
+        self._update = UpdateFunction(fromage_update, compiled, elementwise=False)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("p_bound", None)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        for group in self.param_groups:
+            params, grads = params_with_grad(group, "Fromage")
+            if not params:
+                continue
+            lr = group["lr"]
+            for device, dtype, (p, g) in group_by_device_and_dtype(params, grads):
+                maxima = []
+                if self.p_bound is not None:
+                    fresh = [x for x in p if "max" not in self.state[x]]
+                    if fresh:
+                        for x, norm in zip(fresh, (self.p_bound * tensor_norms(fresh)).unbind()):
+                            self.state[x]["max"] = norm
+                    maxima = [self.state[x]["max"] for x in p]
+                lr_t = scalar(lr, device, dtype)
+                # On a CPU only an explicit compiled=True compiles: the eager update reads each tensor about
+                # three times, and a graph over whole lists of fixed shapes is slow to build.
+                scalars = dict(lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
+                if device.type == "cpu" and self._update.compiled is None:
+                    fromage_update(p, g, maxima, **scalars)
+                else:
+                    self._update(p, g, maxima, device_type=device.type, **scalars)
+        return loss

@@ -1,0 +1,183 @@
+"""LARS (layer-wise adaptive rate scaling).
+
+Paper: "Large Batch Training of Convolutional Networks", Y. You, I. Gitman, B. Ginsburg, 2017,
+arXiv:1708.03888. The semantics are NVIDIA apex's ``LARC`` (scaling mode) with torch's SGD momentum, as
+``timm.optim.Lars`` reproduces them.
+
+Update for each tensor p with gradient g::
+
+    lam = trust_coeff ||p|| / (||g|| + wd ||p|| + eps)    only if wd != 0 or always_adapt, else lam = 1;
+                                                          lam = 1 where ||p|| or ||g|| is 0
+    lam <- min(lam / lr, 1)                               trust_clip (LARC's clipping mode)
+    d = lam (g + wd p)                                    the local rate, applied once, here
+    buf <- d on the first step, else momentum buf + (1 - dampening) d
+    p <- p - lr (d + momentum buf if nesterov else buf)
+
+A layer's relative change per step is about lr * trust_coeff whatever its gradient scale. State:
+``momentum_buffer`` (with momentum). Pick it for very large batches with SGD-style training; at lr near
+1.0 with trust_coeff 1e-3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
+from rvc_optim.optim._foreach import (
+    add_scaled_,
+    check_eps,
+    check_lr,
+    check_momentum,
+    check_nonnegative,
+    check_weight_decay,
+    decay_weights_,
+    foreach_mul_by_constant_,
+    group_by_device_and_dtype,
+    params_with_grad,
+    run_closure,
+    scalar,
+)
+from rvc_optim.optim.lamb import tensor_norms
+
+__all__ = ["LARS", "lars_update"]
+
+
+def lars_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: Tensor | float,
+    rate: Tensor | float,
+    weight_decay: float,
+    momentum: float,
+    decay: float,
+    damping: float,
+    nesterov: bool,
+) -> None:
+    """The momentum and the step for d = rate * (g + weight_decay * p): buf <- decay * buf + damping * d
+    (decay 0 and damping 1 on a buffer's first step: buf = d, as torch's SGD), then p <- p - lr * buf,
+    or p - lr * (d + momentum * buf) with Nesterov, or p - lr * d without buffers (momentum 0)."""
+    if momentum_buffers:
+        foreach_mul_by_constant_(momentum_buffers, decay)
+        add_scaled_(momentum_buffers, grads, damping * rate)
+        if weight_decay != 0.0:
+            add_scaled_(momentum_buffers, params, damping * rate * weight_decay)
+        if not nesterov:
+            add_scaled_(params, momentum_buffers, -lr)
+            return
+    # p - lr * d: the decay term first, from p as it was, then the gradient term (and Nesterov's)
+    decay_weights_(params, lr * rate, weight_decay)
+    add_scaled_(params, grads, -lr * rate)
+    if nesterov:
+        add_scaled_(params, momentum_buffers, -lr * momentum)
+
+
+class LARS(Optimizer):
+    """LARS with timm's argument names and defaults (``timm.optim.Lars``).
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate (default 1.0).
+        momentum: momentum factor (default 0).
+        dampening: dampening of the momentum (default 0).
+        weight_decay: L2 term added to the gradient before the local rate (default 0).
+        nesterov: Nesterov momentum (default False).
+        trust_coeff: the trust coefficient eta of the local rate (default 1e-3).
+        eps: added to the local rate's denominator (default 1e-8).
+        trust_clip: LARC's clipping: the local rate becomes min(lam / lr, 1) (default False).
+        always_adapt: scale also where weight_decay is 0 (default False: such groups take plain SGD steps).
+        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``).
+
+    Deviations from the reference:
+        * timm's ``foreach`` switch is not offered; the norms are always one multi-tensor norm.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1.0,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        trust_coeff: float = 0.001,
+        eps: float = 1e-8,
+        trust_clip: bool = False,
+        always_adapt: bool = False,
+        *,
+        compiled: bool | None = None,
+    ) -> None:
+        check_lr(lr)
+        check_momentum(momentum)
+        check_nonnegative(dampening, "dampening")
+        check_weight_decay(weight_decay)
+        check_nonnegative(trust_coeff, "trust_coeff")
+        check_eps(eps)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Invalid nesterov: Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+            trust_coeff=trust_coeff, eps=eps, trust_clip=trust_clip, always_adapt=always_adapt,
+        ))
+        self._update = UpdateFunction(lars_update, compiled)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        for group in self.param_groups:
+            params, grads = params_with_grad(group, "LARS")
+            if not params:
+                continue
+            momentum = group["momentum"]
+            fresh = momentum != 0.0 and [p for p in params if "momentum_buffer" not in self.state[p]]
+            for p in fresh or ():
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers = [self.state[p]["momentum_buffer"] for p in params] if momentum != 0.0 else []
+            # torch's SGD starts a buffer at d: decay 0 and no dampening on its first step
+            first = {id(p) for p in fresh or ()}
+            for device, dtype, lists in group_by_device_and_dtype(params, grads, *([buffers] if buffers else [])):
+                self._step(group, device, dtype, lists[0], lists[1], lists[2] if buffers else [], first)
+        return loss
+
+    def _step(self, group: dict[str, Any], device: torch.device, dtype: torch.dtype, params: list[Tensor],
+              grads: list[Tensor], buffers: list[Tensor], first: set[int]) -> None:
+        lr, wd, momentum = scalar(group["lr"], device, dtype), group["weight_decay"], group["momentum"]
+        rates = None
+        if wd != 0.0 or group["always_adapt"]:
+            w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
+            rates = group["trust_coeff"] * w_norms / (g_norms + wd * w_norms + group["eps"])
+            rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
+            if group["trust_clip"]:
+                rates = torch.clamp(rates / lr, max=1.0)
+        fixed = dict(lr=lr, weight_decay=wd, momentum=momentum, nesterov=group["nesterov"], device_type=device.type)
+        per_tensor = device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu")
+        if rates is not None and not per_tensor:
+            # whole lists: the local rate goes into the directions, d = rate * (g + wd * p)
+            grads = torch._foreach_add(grads, params, alpha=wd) if wd != 0.0 else list(grads)
+            grads = torch._foreach_mul(grads, list(rates.to(dtype).unbind()))
+            fixed["weight_decay"], rates = 0.0, None
+        if rates is None:
+            self._call(params, grads, buffers, first, group["dampening"], rate=1.0, **fixed)
+            return
+        # a CPU: one blocked update per tensor, its local rate a Python float (free to read there)
+        for i, rate in enumerate(rates.tolist()):
+            self._call([params[i]], [grads[i]], buffers[i:i + 1], first, group["dampening"], rate=rate, **fixed)
+
+    def _call(self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], first: set[int],
+              dampening: float, **scalars: Any) -> None:
+        """The update; buffers on their first step (decay 0, no dampening) in a call of their own."""
+        if not buffers:
+            self._update(params, grads, [], decay=0.0, damping=1.0, **scalars)
+            return
+        for is_first in (False, True):
+            chosen = [i for i, p in enumerate(params) if (id(p) in first) == is_first]
+            if chosen:
+                self._update([params[i] for i in chosen], [grads[i] for i in chosen], [buffers[i] for i in chosen],
+                             decay=0.0 if is_first else scalars["momentum"],
+                             damping=1.0 if is_first else 1.0 - dampening, **scalars)
