@@ -152,6 +152,10 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("timm", "timm.optim", "Adafactor", {"betas": (0.8, 0.999), "min_dim_size_to_factor": 0}),
         Published("torch", "torch.optim", "Adafactor", {"foreach": True}),
     ],
+    "CAME": [
+        Published("came-pytorch", "came_pytorch", "CAME"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "CAME", {"eps1": 1e-30, "eps2": 1e-16}),
+    ],
 }
 
 

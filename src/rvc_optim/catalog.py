@@ -766,7 +766,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "A memory-saving alternative to AdamW that keeps a momentum. It takes three betas (RVC's two "
             "plus the confidence decay) and an eps pair; lr 1e-4 is a reasonable start."
         ),
-        state="exp_avg: 1x; factored second moment and residual: O(rows+cols) per matrix (2x for 1-D)",
+        state=(
+            "exp_avg 1x; for tensors of 2+ dims two factored pairs (second moment and residual), each "
+            "out*in + out*k for an [out, in, k] kernel (1/3 of a full tensor on RVC's generator); "
+            "exp_avg_sq 1x for 1-D tensors; a step count"
+        ),
         floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": RVC_LR, "betas": (0.8, 0.99, 0.9999), "weight_decay": RVC_WEIGHT_DECAY},
         corrections=(

@@ -79,7 +79,7 @@ def factored_second_moment_(
     col_factors = torch._foreach_rsqrt(cols)
     out = torch._foreach_mul(grads, [r.unsqueeze(-1) for r in row_factors])
     torch._foreach_mul_(out, [c.unsqueeze(-2) for c in col_factors])
-    return out
+    return list(out)
 
 
 def clipped_scale(updates: list[Tensor], clip_threshold: float, scale: Tensor | float = 1.0) -> Tensor:
