@@ -156,6 +156,7 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("came-pytorch", "came_pytorch", "CAME"),
         Published("pytorch_optimizer", "pytorch_optimizer", "CAME", {"eps1": 1e-30, "eps2": 1e-16}),
     ],
+    "SM3": [Published("pytorch_optimizer", "pytorch_optimizer", "SM3")],
 }
 
 

@@ -1477,7 +1477,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "When optimizer memory is the constraint and an AdaGrad-style decaying step is acceptable. "
             "Start around lr 1e-2 with momentum 0.9; the authors use a warm-up."
         ),
-        state="one accumulator per dimension: sum(n_i) per tensor, sublinear; momentum_buffer 1x with momentum",
+        state=(
+            "accumulator_i: one vector per dimension, n_1 + ... + n_r numbers per tensor (0.5% of a full "
+            "second moment on RVC's generator); a full accumulator for 1-D tensors; momentum_buffer 1x "
+            "only with momentum > 0"
+        ),
         floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-2, "momentum": 0.9},
         corrections=(
