@@ -144,3 +144,11 @@ def test_defaults_are_the_references():
     d = AdaFactor([torch.nn.Parameter(torch.zeros(1))]).defaults
     assert d == dict(lr=None, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, beta1=None, weight_decay=0.0,
                      scale_parameter=True, relative_step=True, warmup_init=False)
+
+
+def test_parity_in_small_cpu_batches(monkeypatch):
+    """On a CPU the update runs over batches of whole tensors (cache-sized): with batches of a few
+    tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
+    monkeypatch.setattr("rvc_optim.optim.adafactor.BLOCK_NUMEL", 10)
+    run_parity(lambda g: AdaFactor(g, **CONFIGS["external-lr-unscaled-beta1"]),
+               lambda g: Reference(g, **CONFIGS["external-lr-unscaled-beta1"]), _groups(False), STATE_KEYS, steps=50)

@@ -93,3 +93,10 @@ def test_three_betas_required_and_defaults():
         CAME(p, eps=1e-9)
     d = CAME(p).defaults
     assert d == dict(lr=2e-4, eps=(1e-30, 1e-16), clip_threshold=1.0, betas=(0.9, 0.999, 0.9999), weight_decay=0.0)
+
+
+def test_parity_in_small_cpu_batches(monkeypatch):
+    """On a CPU the update runs over batches of whole tensors (cache-sized): with batches of a few
+    tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
+    monkeypatch.setattr("rvc_optim.optim.adafactor.BLOCK_NUMEL", 10)
+    run_parity(lambda g: CAME(g, betas=BETAS), lambda g: Reference(g, lr=1e-3, betas=BETAS), GROUPS, STATE_KEYS, steps=50)

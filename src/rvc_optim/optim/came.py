@@ -45,7 +45,13 @@ from rvc_optim.optim._foreach import (
     state_tensor,
     step_counter,
 )
-from rvc_optim.optim.adafactor import by_device_and_dtype, check_eps_pair, clipped_scale, factored_second_moment_
+from rvc_optim.optim.adafactor import (
+    by_device_and_dtype,
+    check_eps_pair,
+    clipped_scale,
+    factored_second_moment_,
+    run_by_tensor_batches,
+)
 
 __all__ = ["CAME", "came_update"]
 
@@ -163,9 +169,9 @@ class CAME(Optimizer):
                         shape = shapes[key.removeprefix("res_")]
                         name = f"exp_avg_res_{key[4:]}" if key.startswith("res_") else f"exp_avg_sq_{key}"
                         out.append(state_tensor(st, name, q, lambda x: x.new_zeros(shape)))
-                self._update(
-                    p, [q.grad for q in p], steps, avgs, factored["row"], factored["col"], factored["res_row"],
-                    factored["res_col"], sqs,
+                run_by_tensor_batches(
+                    self._update, (p, [q.grad for q in p], steps, avgs, factored["row"], factored["col"],
+                                   factored["res_row"], factored["res_col"], sqs), suffix={8},
                     lr=scalar(group["lr"], device, dtype), eps1=eps1, eps2=eps2,
                     clip_threshold=group["clip_threshold"], beta1=beta1, beta2=beta2, beta3=beta3,
                     weight_decay=group["weight_decay"], device_type=device.type,

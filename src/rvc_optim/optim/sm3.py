@@ -39,6 +39,7 @@ from rvc_optim.optim._foreach import (
     scalar,
     state_tensor,
 )
+from rvc_optim.optim.adafactor import run_by_tensor_batches
 
 __all__ = ["SM3", "sm3_update"]
 
@@ -61,14 +62,18 @@ def sm3_update(
 ) -> None:
     """``accumulators[i]`` holds the i-th accumulator of every tensor of rank above i (rank 0 and 1
     tensors: one full accumulator), so the lists shorten with i; tensors are sorted by falling rank."""
-    nu = torch._foreach_mul(grads, grads)
     covers = list(accumulators[0])
+    accumulators = tuple(accs for accs in accumulators if accs)  # a batch of vectors has no second one
     for accs in accumulators[1:]:  # min over the accumulators that cover each element: small tensors
         covers[:len(accs)] = torch._foreach_minimum(covers[:len(accs)], accs)
-    torch._foreach_add_(nu, covers)
-    for i, accs in enumerate(accumulators):
-        # The max over all dimensions but i has no multi-tensor op in torch: this loop is that reduction.
-        torch._foreach_copy_(accs, [_max_except(v, i) for v in nu[:len(accs)]])
+    nu = torch._foreach_addcmul(covers, grads, grads)  # broadcast to the full shape
+    # The max over all dimensions but i has no multi-tensor op in torch: this loop is that reduction.
+    maxima: list[list[Tensor]] = [[] for _ in accumulators]
+    for v in nu:
+        for i, m in enumerate(_maxima(v)):
+            maxima[i].append(m)
+    for accs, new in zip(accumulators, maxima):
+        torch._foreach_copy_(accs, new)
     torch._foreach_add_(nu, eps)
     torch._foreach_rsqrt_(nu)
     torch._foreach_mul_(nu, grads)
@@ -78,10 +83,17 @@ def sm3_update(
     add_scaled_(params, nu, -lr)
 
 
-def _max_except(t: Tensor, dim: int) -> Tensor:
+def _maxima(t: Tensor) -> list[Tensor]:
+    """For each dimension i, the max of ``t`` over every other dimension (shape [1, .., n_i, .., 1]), with
+    two passes over ``t``: the max over the last dimension, from which the leading ones are reduced,
+    and the max over all leading dimensions of a 2-D view."""
     if t.dim() <= 1:
-        return t
-    return t.amax(dim=[d for d in range(t.dim()) if d != dim], keepdim=True)
+        return [t]
+    last = t.amax(dim=-1, keepdim=True)
+    lead = list(range(t.dim() - 1))
+    out = [last.amax(dim=[d for d in lead if d != i], keepdim=True) if t.dim() > 2 else last for i in lead]
+    out.append(t.reshape(-1, t.shape[-1]).amax(dim=0).view([1] * (t.dim() - 1) + [t.shape[-1]]))
+    return out
 
 
 class SM3(Optimizer):
@@ -136,8 +148,8 @@ class SM3(Optimizer):
                         if i == len(accumulators):
                             accumulators.append([])
                         accumulators[i].append(state_tensor(st, f"accumulator_{i}", q, lambda x: x.new_zeros(shape)))
-                self._update(
-                    p, g, buffers, *accumulators,
+                run_by_tensor_batches(
+                    self._update, (p, g, buffers, *accumulators),
                     lr=scalar(group["lr"], device, dtype), momentum=momentum, eps=group["eps"],
                     device_type=device.type,
                 )
