@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rvc_optim.optim.adafactor import AdaFactor
+from tests.optim.kernel_parity import compare_on_shapes
 from tests.optim.parity import run_parity
 
 Reference = pytest.importorskip("transformers.optimization").Adafactor
@@ -63,28 +64,11 @@ def test_parity_with_transformers(config):
 SHAPES_4D = [(6, 6, 3, 3), (5, 4, 3, 2), (4, 4, 5, 1), (7, 3), (9,)]
 
 
-def _run_4d(make, steps: int = 200) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in SHAPES_4D]
-    opt = make([{"params": params[:3], "lr": 1e-2, "weight_decay": 0.05}, {"params": params[3:], "lr": 3e-3}])
-    grads = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=grads, dtype=torch.float64) + 0.1 * p.detach()
-        opt.step()
-    return [p.detach() for p in params], opt, params
-
-
 def test_4d_conv_kernels_match_transformers():
     """Conv2d-shaped kernels (RVC's period discriminator), with in == out and an [O, I, k, 1] kernel."""
     kw = dict(relative_step=False, scale_parameter=True, beta1=0.8)
-    ours, opt, params = _run_4d(lambda g: AdaFactor(g, **kw))
-    ref, ref_opt, ref_params = _run_4d(lambda g: Reference(g, **kw))
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=0.0)
-    for p, q in zip(params[:3], ref_params[:3]):
-        for key in ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg"):
-            torch.testing.assert_close(opt.state[p][key], ref_opt.state[q][key], rtol=1e-9, atol=0.0)
+    params, opt = compare_on_shapes(lambda g: AdaFactor(g, **kw), lambda g: Reference(g, **kw), SHAPES_4D, 3,
+                                    [{"lr": 1e-2, "weight_decay": 0.05}, {"lr": 3e-3}], list(STATE_KEYS))
     assert opt.state[params[0]]["exp_avg_sq_row"].shape == (6, 6, 3)
     assert opt.state[params[0]]["exp_avg_sq_col"].shape == (6, 6, 3)
 

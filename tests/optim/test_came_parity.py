@@ -3,8 +3,8 @@
 plus 4-D kernels (RVC's period discriminator) and the equations of one step written out.
 
 Measured largest relative difference over the 200 steps, parameters and state: 1.2e-10 with betas
-(0.8, 0.99, 0.999), 4.3e-11 with the defaults (elements near zero). Rounding only: ours folds the clip into one multiply and lerps the moving averages where the
-reference multiplies and adds.
+(0.8, 0.99, 0.999), 4.3e-11 with the defaults (elements near zero). Rounding only: ours folds the clip
+into one multiply and lerps the moving averages where the reference multiplies and adds.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rvc_optim.optim.came import CAME
+from tests.optim.kernel_parity import compare_on_shapes
 from tests.optim.parity import run_parity
 
 Reference = pytest.importorskip("came_pytorch").CAME
@@ -44,28 +45,9 @@ def test_parity_with_came_pytorch(betas):
 
 
 def test_4d_kernels_match_came_pytorch():
-    shapes = [(6, 6, 3, 3), (5, 4, 3, 2), (4, 4, 5, 1), (9,)]
-
-    def run(make):
-        gen = torch.Generator().manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes]
-        opt = make([{"params": params[:2], "lr": 1e-2, "weight_decay": 0.05}, {"params": params[2:], "lr": 3e-3}])
-        grads = torch.Generator().manual_seed(1)
-        for _ in range(200):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=grads, dtype=torch.float64) + 0.1 * p.detach()
-            opt.step()
-        return params, opt
-
-    ours, opt = run(lambda g: CAME(g, betas=BETAS))
-    ref, ref_opt = run(lambda g: Reference(g, lr=1e-3, betas=BETAS))
-    for p, q in zip(ours, ref):
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-9, atol=0.0)
-        for key in STATE_KEYS:
-            if key in ref_opt.state[q]:
-                torch.testing.assert_close(torch.as_tensor(opt.state[p][key], dtype=torch.float64),
-                                           torch.as_tensor(ref_opt.state[q][key], dtype=torch.float64),
-                                           rtol=1e-9, atol=0.0)
+    compare_on_shapes(lambda g: CAME(g, betas=BETAS), lambda g: Reference(g, lr=1e-3, betas=BETAS),
+                      [(6, 6, 3, 3), (5, 4, 3, 2), (4, 4, 5, 1), (9,)], 2,
+                      [{"lr": 1e-2, "weight_decay": 0.05}, {"lr": 3e-3}], list(STATE_KEYS))
 
 
 def test_one_step_equations():
@@ -99,4 +81,5 @@ def test_parity_in_small_cpu_batches(monkeypatch):
     """On a CPU the update runs over batches of whole tensors (cache-sized): with batches of a few
     tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
     monkeypatch.setattr("rvc_optim.optim.adafactor.BLOCK_NUMEL", 10)
-    run_parity(lambda g: CAME(g, betas=BETAS), lambda g: Reference(g, lr=1e-3, betas=BETAS), GROUPS, STATE_KEYS, steps=50)
+    run_parity(lambda g: CAME(g, betas=BETAS), lambda g: Reference(g, lr=1e-3, betas=BETAS), GROUPS, STATE_KEYS,
+               steps=50)

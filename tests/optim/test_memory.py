@@ -65,7 +65,7 @@ def test_second_moment_state_is_sublinear_on_the_generator(name, generator_param
     for label, keys in SECOND_MOMENT[name].items():
         kept = sum(v.numel() * v.element_size() for p in generator_params
                    for k, v in optimizer.state[p].items() if k in keys)
-        assert 0 < kept < BOUND[label] * full, f"{name} {label}: {kept / 1e6:.1f} MB, {kept / full:.4f} of a full tensor"
+        assert 0 < kept < BOUND[label] * full, f"{name} {label}: {kept / 1e6:.1f} MB, {kept / full:.4f} of one tensor"
     for p in generator_params:  # no full-size second moment for any tensor of 2+ dims with a last dim > 1
         if p.dim() >= 2 and p.shape[-1] > 1 and p.shape[-2] > 1:
             assert all(v.numel() < p.numel() for k, v in optimizer.state[p].items()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rvc_optim.optim.sm3 import SM3
+from tests.optim.kernel_parity import compare_on_shapes
 from tests.optim.parity import run_parity
 
 Reference = pytest.importorskip("pytorch_optimizer").SM3
@@ -34,26 +35,10 @@ def test_parity_with_pytorch_optimizer(momentum):
 
 
 def test_4d_kernels_match_pytorch_optimizer():
-    shapes = [(6, 6, 3, 3), (5, 4, 3, 1), (7, 3), (9,)]
-
-    def run(make):
-        gen = torch.Generator().manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes]
-        opt = make([{"params": params[:2], "lr": 0.05}, {"params": params[2:], "lr": 0.01}])
-        grads = torch.Generator().manual_seed(1)
-        for _ in range(200):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=grads, dtype=torch.float64) + 0.1 * p.detach()
-            opt.step()
-        return params, opt
-
-    ours, opt = run(lambda g: SM3(g, momentum=0.9))
-    ref, ref_opt = run(lambda g: Reference(g, momentum=0.9))
-    for p, q in zip(ours, ref):
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-9, atol=0.0)
-        for key, value in ref_opt.state[q].items():
-            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-9, atol=0.0)
-    assert [a.numel() for k, a in opt.state[ours[0]].items() if k.startswith("accumulator")] == [6, 6, 3, 3]
+    params, opt = compare_on_shapes(lambda g: SM3(g, momentum=0.9), lambda g: Reference(g, momentum=0.9),
+                                    [(6, 6, 3, 3), (5, 4, 3, 1), (7, 3), (9,)], 2, [{"lr": 0.05}, {"lr": 0.01}],
+                                    ["momentum_buffer", *(f"accumulator_{i}" for i in range(4))])
+    assert [a.numel() for k, a in opt.state[params[0]].items() if k.startswith("accumulator")] == [6, 6, 3, 3]
 
 
 def test_two_steps_of_the_paper_equations():

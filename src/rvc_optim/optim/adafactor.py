@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import BLOCK_NUMEL, UpdateFunction
+from rvc_optim.optim._compile import BLOCK_NUMEL, UpdateFunction, resolve_compiled
 from rvc_optim.optim._foreach import (
     check_eps,
     check_lr,
@@ -262,12 +262,12 @@ def run_by_tensor_batches(update: UpdateFunction, lists: tuple[list[Tensor], ...
     On a CPU it runs over batches of whole tensors of about BLOCK_NUMEL elements (a larger tensor alone),
     so that the many passes of one batch stay in the cache instead of streaming every tensor through
     memory once per op, and with Python-float scalars (fused ``alpha=`` forms), as the runner's blocked
-    path does for elementwise updates. Elsewhere it runs once over the whole lists. A list shorter than
+    path does for elementwise updates. Elsewhere, and when compiled, it runs once over the whole lists. A list shorter than
     ``params`` holds the state of a prefix of its tensors, or of a suffix for the indices in ``suffix``.
     """
     params = lists[0]
-    if device_type != "cpu":
-        update(*lists, device_type=device_type, **scalars)
+    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):
+        update(*lists, device_type=device_type, **scalars)  # one graph over the whole lists when compiled
         return
     if params and params[0].dtype in (torch.float32, torch.float64):
         scalars = {k: v.item() if isinstance(v, Tensor) and v.dim() == 0 else v for k, v in scalars.items()}
