@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rvc_optim.catalog import GOALS, RECORDS
 from rvc_optim.cli import NOT_AVAILABLE_MARK, main
 from rvc_optim.records import OptimizerInfo
 from rvc_optim.registry import optimizer_info
+from rvc_optim.state_size import measure_state_bytes
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -103,3 +106,36 @@ def test_help_on_every_command(capsys, command):
 def test_list_unknown_category_is_a_clear_error(capsys):
     code, _, err = run(capsys, "list", "--category", "lr free-ish")
     assert code == 2 and "LR-Free" in err
+
+
+def _printed_state_bytes(capsys, name: str) -> float:
+    code, out, _ = run(capsys, "show", name)
+    assert code == 0
+    match = re.search(r"bytes of state per parameter: (\d+\.\d\d) \(measured", " ".join(out.split()))
+    assert match, out
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize(("name", "expected"), [("Lion", 4.0), ("AdamW", 8.0), ("Adan", 16.0)])
+def test_show_states_the_measured_bytes_of_state(capsys, name, expected):
+    printed = _printed_state_bytes(capsys, name)
+    assert printed == round(measure_state_bytes(name), 2) == expected
+
+
+def test_show_measures_factored_and_cover_set_state(capsys):
+    """Sublinear state shows in the measured number: AdaFactor's beta1 buffer (4 B) plus row and column
+    statistics; SM3's momentum (4 B) plus accumulators, and without momentum far under 1 B."""
+    for name in ("AdaFactor", "CAME", "SM3"):
+        assert _printed_state_bytes(capsys, name) == round(measure_state_bytes(name), 2)
+    assert 4.0 < _printed_state_bytes(capsys, "AdaFactor") < 6.0  # AdamW: 8
+    assert 4.0 < _printed_state_bytes(capsys, "SM3") < 4.1
+    assert measure_state_bytes("SM3", momentum=0.0) < 0.05
+    assert measure_state_bytes("AdaFactor", beta1=None) < 2.0
+
+
+def test_show_says_when_state_is_not_measured(capsys):
+    pending = next((r for r in RECORDS if not r.available), None)
+    if pending is None:
+        pytest.skip("every record is implemented")
+    _, out, _ = run(capsys, "show", pending.name)
+    assert "not measured (not implemented yet)" in out

@@ -192,6 +192,20 @@ PUBLISHED: dict[str, list[Published]] = {
     "Nero": [
         Published("pytorch_optimizer", "pytorch_optimizer", "Nero", {"eps": 0.0}),
     ],
+    # --- memory-saving family (issue 14): AdaFactor, CAME, SM3 ---
+    # torch-optimizer's Adafactor is left out (it fails on most 3-D kernels and is wrong when in == out),
+    # and so is pytorch_optimizer's AdaFactor (the big_vision variant, another algorithm). torch's own
+    # Adafactor has no first moment and a relative step: a speed peer on a lighter configuration.
+    "AdaFactor": [
+        Published("transformers", "transformers.optimization", "Adafactor"),
+        Published("timm", "timm.optim", "Adafactor", {"betas": (0.8, 0.999), "min_dim_size_to_factor": 0}),
+        Published("torch", "torch.optim", "Adafactor", {"foreach": True}),
+    ],
+    "CAME": [
+        Published("came-pytorch", "came_pytorch", "CAME"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "CAME", {"eps1": 1e-30, "eps2": 1e-16}),
+    ],
+    "SM3": [Published("pytorch_optimizer", "pytorch_optimizer", "SM3")],
 }
 
 

@@ -577,18 +577,24 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "1804.04235",
         ),
         description=(
-            "Approximates Adam's second moment of a matrix by the outer product of its row and column "
-            "averages, storing O(rows + cols) numbers instead of rows * cols; tensors with more than two "
-            "dimensions are factored over their last two. The second-moment decay grows towards one as "
-            "training proceeds, each update is clipped to RMS 1, and by default the step size is relative "
-            "to the parameter's own RMS. The first moment is optional."
+            "Replaces Adam's per-element second moment of a matrix by running means of the squared "
+            "gradient over its rows and over its columns, and rebuilds the full estimate as their "
+            "normalised outer product. Tensors of three or four dimensions are factored over their last "
+            "two, as in the transformers and fairseq code. Its second-moment decay starts at zero and "
+            "rises as 1 - t^-0.8, every update is scaled down to RMS at most 1, and by default the step "
+            "is 1/sqrt(t) capped at 0.01 and multiplied by the parameter's own RMS. A first moment is "
+            "optional."
         ),
         when_to_use=(
-            "When optimizer memory matters and you want Adam-like behaviour. For an AdamW-like meaning of "
-            "lr turn off the relative step and parameter scaling (the recommended settings do); "
-            "beta1=0.8 adds RVC's momentum at the cost of one full buffer."
+            "When optimizer memory matters more than a proven recipe. For an AdamW-like lr (1e-4) turn "
+            "off the relative step and the parameter scaling, as the recommended settings do; beta1=0.8 "
+            "restores RVC's momentum at the price of one full buffer."
         ),
-        state="factored second moment: O(rows+cols) per matrix, sublinear; exp_avg 1x when beta1 is set",
+        state=(
+            "exp_avg_sq_row and exp_avg_sq_col for tensors of 2+ dims (an [out, in, k] kernel keeps "
+            "out*in + out*k numbers: 1/3 of a full second moment on RVC's generator, as 1x1 convolutions "
+            "gain nothing); exp_avg_sq 1x for 1-D tensors; exp_avg 1x with beta1; a step count"
+        ),
         floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={
             "lr": RVC_LR,
@@ -598,12 +604,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "beta1": 0.8,
             "weight_decay": RVC_WEIGHT_DECAY,
         },
-        aliases=("hf-adafactor",),
-        test_settings={"lr": 1e-2},
-        test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
         corrections=(
-            "the saving is in the second moment only: a factored (m, n) matrix stores m + n numbers; "
-            "convolution kernels factor just their last two dimensions",
+            "the relative step is min(0.01, 1/sqrt(t)), set by the step count; the parameter's RMS enters "
+            "as a separate scale (scale_parameter), and an explicit lr needs relative_step=False",
+            "the saving is rows + cols instead of rows * cols for a matrix; for RVC's conv kernels, "
+            "factored over their last two dimensions, it is a third of Adam's second moment, not m + n",
         ),
     ),
     OptimizerInfo(
@@ -761,7 +766,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "A memory-saving alternative to AdamW that keeps a momentum. It takes three betas (RVC's two "
             "plus the confidence decay) and an eps pair; lr 1e-4 is a reasonable start."
         ),
-        state="exp_avg: 1x; factored second moment and residual: O(rows+cols) per matrix (2x for 1-D)",
+        state=(
+            "exp_avg 1x; for tensors of 2+ dims two factored pairs (second moment and residual), each "
+            "out*in + out*k for an [out, in, k] kernel (1/3 of a full tensor on RVC's generator); "
+            "exp_avg_sq 1x for 1-D tensors; a step count"
+        ),
         floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": RVC_LR, "betas": (0.8, 0.99, 0.9999), "weight_decay": RVC_WEIGHT_DECAY},
         corrections=(
@@ -1481,7 +1490,11 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "When optimizer memory is the constraint and an AdaGrad-style decaying step is acceptable. "
             "Start around lr 1e-2 with momentum 0.9; the authors use a warm-up."
         ),
-        state="one accumulator per dimension: sum(n_i) per tensor, sublinear; momentum_buffer 1x with momentum",
+        state=(
+            "accumulator_i: one vector per dimension, n_1 + ... + n_r numbers per tensor (0.5% of a full "
+            "second moment on RVC's generator); a full accumulator for 1-D tensors; momentum_buffer 1x "
+            "only with momentum > 0"
+        ),
         floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 1e-2, "momentum": 0.9},
         corrections=(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -53,7 +54,7 @@ def render_show(name: str) -> str:
     if r.aliases:
         out.append(f"  aliases:  {', '.join(r.aliases)}")
     out += ["", "What it does:", _wrap(r.description), "", "When to use it:", _wrap(r.when_to_use)]
-    out += ["", "State kept:", _wrap(r.state)]
+    out += ["", "State kept:", _wrap(r.state), _wrap(_measured_state(r))]
     out += ["", "Recommended settings (create_optimizer uses these for anything you leave out):"]
     out += [f"  {k} = {v!r}" for k, v in r.recommended.items()] or ["  (the class defaults)"]
     out += ["", "Protocol:"] + [f"  - {line}" for line in r.protocol.lines()]
@@ -73,6 +74,19 @@ def render_show(name: str) -> str:
 def _recommended_name(name: str) -> str:
     """A goal's optimizer, marked when this version does not implement it yet."""
     return name if optimizer_info(name).available else f"{name} {NOT_AVAILABLE_MARK}"
+
+
+def _measured_state(record) -> str:
+    """The bytes of optimizer state per parameter, measured (:mod:`rvc_optim.state_size`)."""
+    if not record.available:
+        return "bytes of state per parameter: not measured (not implemented yet)"
+    from rvc_optim.state_size import SAMPLE_SHAPES, measure_state_bytes
+
+    shapes = ", ".join("x".join(map(str, s)) for _, s in SAMPLE_SHAPES)
+    numel = sum(math.prod(s) for _, s in SAMPLE_SHAPES)
+    return (f"bytes of state per parameter: {measure_state_bytes(record.name):.2f} (measured at the recommended "
+            f"settings after one float32 step on {len(SAMPLE_SHAPES)} tensors of RVC v2's generator, "
+            f"{numel / 1e6:.2f}M parameters: {shapes})")
 
 
 def render_recommendation(goal: str | None) -> str:

@@ -231,6 +231,13 @@ def create_optimizer(name: str, params: Any, **kwargs: Any) -> Optimizer:
                 rec = record.recommended.get("betas")
                 if rec is not None and len(rec) == caps.num_betas:
                     settings["betas"] = rec
+        elif key == "eps" and _eps_pair_expected(accepted) and _valid_scalar_eps(settings["eps"]):
+            # A class whose eps is a pair (AdaFactor, CAME: a floor on g^2 and another on RMS(p) or the
+            # residual) has no use for Adam's scalar eps; a negative one still reaches it and is rejected.
+            if key in user_keys:
+                dropped.append(f"eps={settings['eps']!r} ({record.name} takes an eps pair; using "
+                               f"{_default_or_recommended(record, accepted, 'eps')})")
+            settings.pop("eps")
     if dropped:
         warnings.warn(f"create_optimizer({record.name!r}): dropped {'; '.join(dropped)}", UserWarning, stacklevel=2)
 
@@ -265,3 +272,11 @@ def _default_or_recommended(record: OptimizerInfo, accepted: dict[str, inspect.P
         return f"the recommended {tuple(rec)}"
     default = accepted[key].default
     return f"the default {default}"
+
+
+def _eps_pair_expected(accepted: dict[str, inspect.Parameter]) -> bool:
+    return isinstance(accepted["eps"].default, (tuple, list))
+
+
+def _valid_scalar_eps(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
