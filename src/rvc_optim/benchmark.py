@@ -143,6 +143,11 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("ranger21", "ranger21", "Ranger21", _RUN_LENGTH_R21),
         Published("pytorch_optimizer", "pytorch_optimizer", "Ranger21", {"num_iterations": RUN_LENGTH}),
     ],
+    # --- issue 14, momentum family: SWATS, Apollo, A2Grad, AggMo, PID ---
+    "AggMo": [
+        Published("torch-optimizer", "torch_optimizer", "AggMo"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "AggMo"),
+    ],
 }
 
 

@@ -1359,6 +1359,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         aliases=("aggregated-momentum",),
         test_settings={"lr": 1e-2},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
+        corrections=(
+            "the buffers are undamped heavy-ball sums (b <- beta * b + g), not moving averages, so the step "
+            "is about 37x lr with the default betas, not lr",
+        ),
     ),
     OptimizerInfo(
         name="PID",
