@@ -148,6 +148,11 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("torch-optimizer", "torch_optimizer", "AggMo"),
         Published("pytorch_optimizer", "pytorch_optimizer", "AggMo"),
     ],
+    "PID": [
+        Published("torch-optimizer", "torch_optimizer", "PID"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "PID",
+                  note="starts the derivative from g_1 and damps the first integral step"),
+    ],
 }
 
 

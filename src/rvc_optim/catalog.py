@@ -1393,6 +1393,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         aliases=("pid-optimizer",),
         test_settings={"lr": 3e-3, "momentum": 0.9},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        corrections=(
+            "with the class's default momentum of 0 the integral and derivative terms are skipped and the "
+            "update is plain SGD; set momentum (0.9) to get PID at all",
+        ),
     ),
     OptimizerInfo(
         name="Yogi",
