@@ -153,6 +153,11 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "PID",
                   note="starts the derivative from g_1 and damps the first integral step"),
     ],
+    "A2Grad": [  # the default variant, 'uni'
+        Published("torch-optimizer", "torch_optimizer", "A2GradUni"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "A2Grad", {"variant": "uni"},
+                  note="indexes the sequences one step ahead of the paper"),
+    ],
 }
 
 

@@ -1328,7 +1328,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "default gives a first step of g/20."
         ),
         state="avg_grad, x_k: 2x params, plus scalars",
-        floor_bytes_per_param=memory_floor(2),
+        floor_bytes_per_param=memory_floor(2, reduction=True),
         recommended={"beta": 10.0, "lips": 100.0},
         protocol=Protocol(lr_role="none", host_syncs_per_step=0, host_sync_reason="h stays a device tensor"),
         corrections=(
