@@ -158,6 +158,9 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "A2Grad", {"variant": "uni"},
                   note="indexes the sequences one step ahead of the paper"),
     ],
+    "Apollo": [  # the 2020 quasi-Newton method (torch_optimizer.Apollo is its older first version)
+        Published("pytorch_optimizer", "pytorch_optimizer", "ApolloDQN", {"warmup_steps": 500}),
+    ],
 }
 
 

@@ -740,6 +740,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "this is Ma's 2020 diagonal quasi-Newton method, not the 2024 memory-efficient APOLLO",
             "the curvature comes from a secant condition on the last update, not from ratios of "
             "consecutive gradients, and it is diagonal with no L-BFGS-style history",
+            "the step divides the gradient average by the rectified curvature max(|B|, 0.01), never by a "
+            "clamped gradient",
         ),
     ),
     OptimizerInfo(
