@@ -161,6 +161,11 @@ PUBLISHED: dict[str, list[Published]] = {
     "Apollo": [  # the 2020 quasi-Newton method (torch_optimizer.Apollo is its older first version)
         Published("pytorch_optimizer", "pytorch_optimizer", "ApolloDQN", {"warmup_steps": 500}),
     ],
+    "SWATS": [
+        Published("torch-optimizer", "torch_optimizer", "SWATS"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "SWATS",
+                  note="decides the switch at the end of the group step"),
+    ],
 }
 
 

@@ -1230,18 +1230,18 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Rarely for RVC: in noisy GAN training the switch seldom fires, and if it does the two "
             "networks switch at different times. An LR scheduler would overwrite the switched rate."
         ),
-        state="exp_avg, exp_avg_sq: 2x params (+ momentum_buffer 1x after the switch)",
+        state=(
+            "exp_avg, exp_avg_sq: 2x params, plus momentum_buffer 1x after the switch (from the first step "
+            "on an accelerator, where the switch is decided on the device); lambda and step: scalars"
+        ),
         floor_bytes_per_param=memory_floor(2),
         recommended=RVC_ADAM,
-        protocol=Protocol(
-            host_syncs_per_step=1,
-            host_sync_reason="the switch decision, once per group per step while in the Adam phase",
-        ),
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
         corrections=(
             "the switch fires when the averaged SGD-rate estimate matches the current one, not when the "
             "adaptive learning rate's variance drops below a threshold",
+            "after the switch the SGD rate is the one estimated from Adam's steps, not the lr you set",
         ),
     ),
     OptimizerInfo(
