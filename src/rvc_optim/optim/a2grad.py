@@ -50,7 +50,7 @@ from rvc_optim.optim._foreach import (
     scalar_dtype,
 )
 
-__all__ = ["A2Grad", "a2grad_update", "per_tensor_scalars"]
+__all__ = ["A2Grad", "a2grad_update", "per_tensor_on_cpu", "per_tensor_scalars"]
 
 VARIANTS = ("uni", "inc", "exp")
 
@@ -61,6 +61,17 @@ def per_tensor_scalars(values: Tensor) -> list[float] | list[Tensor]:
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
         return values.tolist()
     return list(values.unbind())
+
+
+def per_tensor_on_cpu(update: Callable[..., Any], *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
+    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU one tensor at a time, so
+    that its temporaries are the size of one tensor (reused by the allocator, in cache for the small
+    ones) rather than of the whole list, which costs fresh pages on every step. Empty lists stay empty."""
+    if device_type != "cpu":
+        update(*lists, device_type=device_type, **kwargs)
+        return
+    for i in range(len(lists[0])):
+        update(*([lst[i]] if lst else [] for lst in lists), device_type=device_type, **kwargs)
 
 
 def a2grad_update(
@@ -177,8 +188,8 @@ class A2Grad(Optimizer):
             keys = ("avg_grad", "x_k", "v_k") + (("v_kk",) if exp else ())
             lists = [[self.state[p][key] for p in params] for key in keys]
             for device, dtype, (p, g, avg, x, v, *v_kk) in group_by_device_and_dtype(params, grads, *lists):
-                self._update(
-                    p, g, avg, x, v, v_kk[0] if v_kk else [],
+                per_tensor_on_cpu(
+                    self._update, p, g, avg, x, v, v_kk[0] if v_kk else [],
                     k=k, beta=group["beta"], lips=group["lips"], rho=group["rho"], variant=group["variant"],
                     device_type=device.type,
                 )

@@ -47,7 +47,7 @@ from rvc_optim.optim._foreach import (
     scalar,
     state_tensor,
 )
-from rvc_optim.optim.a2grad import per_tensor_scalars
+from rvc_optim.optim.a2grad import per_tensor_on_cpu, per_tensor_scalars
 
 __all__ = ["Apollo", "apollo_update"]
 
@@ -209,8 +209,8 @@ class Apollo(Optimizer):
                      for key in ("exp_avg_grad", "approx_hessian", "update")]
             for device, dtype, (p, g, m, b, d) in group_by_device_and_dtype(params, grads, *lists):
                 lr = self.current_lr(group, done)
-                self._update(
-                    p, g, m, b, d,
+                per_tensor_on_cpu(
+                    self._update, p, g, m, b, d,
                     lr=scalar(lr, device, dtype) if isinstance(lr, Tensor) else lr,
                     alpha=(1.0 - group["beta"]) / (1.0 - group["beta"] ** group["step"]),
                     eps=group["eps"] / (1.0 if group["rebound"] == "belief" else CONSTANT_REBOUND),
