@@ -1228,7 +1228,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         when_to_use=(
             "Rarely for RVC: in noisy GAN training the switch seldom fires, and if it does the two "
-            "networks switch at different times. An LR scheduler would overwrite the switched rate."
+            "networks switch at different times. The switched SGD rate is kept apart from lr "
+            "(group['sgd_lr']), so an LR scheduler only shapes the Adam phase."
         ),
         state=(
             "exp_avg, exp_avg_sq: 2x params, plus momentum_buffer 1x after the switch (from the first step "

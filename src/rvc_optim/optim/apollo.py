@@ -56,10 +56,11 @@ WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
 CONSTANT_REBOUND = 0.01
 
 
-def _per_tensor_sums(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """[sum(a_i * b_i) for each i] as one 1-D tensor: the product summed, in the reference's order (a
-    fused dot adds in another order, which the secant's cancellation turns into 1e-9 differences)."""
-    return torch.stack([t.sum() for t in torch._foreach_mul(a, b)])
+def _sums(tensors: list[Tensor]) -> Tensor:
+    """[sum(t) for each t] as one 1-D tensor. The secant's sums are formed as products then summed, in
+    the reference's order: a fused dot adds in another order, which the secant's cancellation turns
+    into differences of 1e-9."""
+    return torch.stack([t.sum() for t in tensors])
 
 
 def apollo_update(
@@ -88,7 +89,8 @@ def apollo_update(
     torch._foreach_div_(updates, norms)  # d -> dn
     squares = torch._foreach_mul(updates, updates)
     torch._foreach_div_(deltas, norms)
-    secants = _per_tensor_sums(deltas, updates).mul_(-alpha).sub_(_per_tensor_sums(hessians, squares))
+    torch._foreach_mul_(deltas, updates)  # delta / n * dn, in place: delta is not needed any more
+    secants = _sums(deltas).mul_(-alpha).sub_(_sums(torch._foreach_mul(hessians, squares)))
     torch._foreach_addcmul_(hessians, squares, list(secants.unbind()))  # B <- B + s * dn^2
     denoms = torch._foreach_abs(hessians)
     if belief:
@@ -96,7 +98,8 @@ def apollo_update(
         torch._foreach_add_(denoms, eps / alpha)
     else:
         torch._foreach_clamp_min_(denoms, CONSTANT_REBOUND)
-    torch._foreach_copy_(updates, torch._foreach_div(exp_avgs, denoms))
+    for u, m, den in zip(updates, exp_avgs, denoms):  # d <- m / D, written in place
+        torch.div(m, den, out=u)
     if weight_decay != 0.0 and weight_decay_type == "stable":
         means = torch.stack([t.mean() for t in denoms])
         decays = torch.full_like(means, weight_decay).div_(means)  # wd / mean: `wd / tensor` multiplies by 1 / mean
