@@ -206,6 +206,29 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "CAME", {"eps1": 1e-30, "eps2": 1e-16}),
     ],
     "SM3": [Published("pytorch_optimizer", "pytorch_optimizer", "SM3")],
+    # --- issue 14, momentum family: SWATS, Apollo, A2Grad, AggMo, PID ---
+    "AggMo": [
+        Published("torch-optimizer", "torch_optimizer", "AggMo"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "AggMo"),
+    ],
+    "PID": [
+        Published("torch-optimizer", "torch_optimizer", "PID"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "PID",
+                  note="starts the derivative from g_1 and damps the first integral step"),
+    ],
+    "A2Grad": [  # the default variant, 'uni'
+        Published("torch-optimizer", "torch_optimizer", "A2GradUni"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "A2Grad", {"variant": "uni"},
+                  note="indexes the sequences one step ahead of the paper"),
+    ],
+    "Apollo": [  # the 2020 quasi-Newton method (torch_optimizer.Apollo is its older first version)
+        Published("pytorch_optimizer", "pytorch_optimizer", "ApolloDQN", {"warmup_steps": 500}),
+    ],
+    "SWATS": [
+        Published("torch-optimizer", "torch_optimizer", "SWATS"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "SWATS",
+                  note="decides the switch at the end of the group step"),
+    ],
 }
 
 

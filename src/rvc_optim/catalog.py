@@ -745,6 +745,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "this is Ma's 2020 diagonal quasi-Newton method, not the 2024 memory-efficient APOLLO",
             "the curvature comes from a secant condition on the last update, not from ratios of "
             "consecutive gradients, and it is diagonal with no L-BFGS-style history",
+            "the step divides the gradient average by the rectified curvature max(|B|, 0.01), never by a "
+            "clamped gradient",
         ),
     ),
     OptimizerInfo(
@@ -1246,20 +1248,21 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         when_to_use=(
             "Rarely for RVC: in noisy GAN training the switch seldom fires, and if it does the two "
-            "networks switch at different times. An LR scheduler would overwrite the switched rate."
+            "networks switch at different times. The switched SGD rate is kept apart from lr "
+            "(group['sgd_lr']), so an LR scheduler only shapes the Adam phase."
         ),
-        state="exp_avg, exp_avg_sq: 2x params (+ momentum_buffer 1x after the switch)",
+        state=(
+            "exp_avg, exp_avg_sq: 2x params, plus momentum_buffer 1x after the switch (from the first step "
+            "on an accelerator, where the switch is decided on the device); lambda and step: scalars"
+        ),
         floor_bytes_per_param=memory_floor(2),
         recommended=RVC_ADAM,
-        protocol=Protocol(
-            host_syncs_per_step=1,
-            host_sync_reason="the switch decision, once per group per step while in the Adam phase",
-        ),
         test_settings={"lr": 1e-2},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
         corrections=(
             "the switch fires when the averaged SGD-rate estimate matches the current one, not when the "
             "adaptive learning rate's variance drops below a threshold",
+            "after the switch the SGD rate is the one estimated from Adam's steps, not the lr you set",
         ),
     ),
     OptimizerInfo(
@@ -1348,7 +1351,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "default gives a first step of g/20."
         ),
         state="avg_grad, x_k: 2x params, plus scalars",
-        floor_bytes_per_param=memory_floor(2),
+        floor_bytes_per_param=memory_floor(2, reduction=True),
         recommended={"beta": 10.0, "lips": 100.0},
         protocol=Protocol(lr_role="none", host_syncs_per_step=0, host_sync_reason="h stays a device tensor"),
         corrections=(
@@ -1379,6 +1382,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         aliases=("aggregated-momentum",),
         test_settings={"lr": 1e-2},
         test_settings_reason="the 50-step contract needs a larger step than the RVC-scale value",
+        corrections=(
+            "the buffers are undamped heavy-ball sums (b <- beta * b + g), not moving averages, so the step "
+            "is about 37x lr with the default betas, not lr",
+        ),
     ),
     OptimizerInfo(
         name="PID",
@@ -1409,6 +1416,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         aliases=("pid-optimizer",),
         test_settings={"lr": 3e-3, "momentum": 0.9},
         test_settings_reason="lr 1e-4 is tuned for long GAN runs; the 50-step contract needs a larger step",
+        corrections=(
+            "with the class's default momentum of 0 the integral and derivative terms are skipped and the "
+            "update is plain SGD; set momentum (0.9) to get PID at all",
+        ),
     ),
     OptimizerInfo(
         name="Yogi",

@@ -1,0 +1,196 @@
+"""A2Grad (adaptive accelerated stochastic gradient descent).
+
+Paper: "Optimal Adaptive and Accelerated Stochastic Gradient Descent", Q. Deng, Y. Cheng, G. Lan, 2018,
+arXiv:1810.00553.
+
+Nesterov-style acceleration (three sequences: the evaluation point p, the aggregated point xbar and the
+gradient sequence x) whose step size adapts to how far the gradients stray from their running average.
+For step k = 0, 1, ... with gradient g at p, Lipschitz guess L (``lips``) and scale beta::
+
+    gbar <- (k * gbar + g) / (k + 1)           gbar starts at the first gradient, so delta_0 = 0
+    delta = g - gbar,  s = ||delta||^2
+    uni: v <- v + s                                               h = sqrt(v)
+    inc: v <- (k / (k + 1))^2 * v + s                             h = sqrt(v)
+    exp: vt <- s (k = 0), rho * vt + (1 - rho) * s (later);  v <- max(v, vt);  h = sqrt((k + 1) * v)
+    c = 1 / (2L / (k + 1) + beta * h)
+    x <- x - c * g
+    xbar <- (1 - a_k) * xbar + a_k * x,  a_k = 2 / (k + 2)        (a_0 = 1)
+    p <- (1 - a_{k+1}) * xbar + a_{k+1} * x                       the next evaluation point
+
+Only p and x are stored: xbar_{k+1} = p_k - a_k * c * g, so p <- (1 - a') p + a' x - (1 - a') a c g
+with a' = a_{k+1}. There is no learning rate: the first step is g / (2L), and later steps shrink as
+the gradients' spread accumulates. Pick it for convex-like problems where a Lipschitz guess is
+available; on RVC it is of theoretical interest (raise ``lips`` for smaller steps).
+
+The two published ports disagree (they differ after one step). torch-optimizer's ``A2GradUni/Inc/Exp``
+(from severilov/A2Grad_optimizer) index the sequences as the paper does, a_k = 2/(k+2) and
+gamma_k = 2L/(k+1) from k = 0; pytorch_optimizer's ``A2Grad`` is one step ahead (gamma = 2L/(k+2),
+a' = 2/(k+4)) and multiplies the incremental variant's h by sqrt(k+2), which the incremental average
+(already a weighted sum that grows with k) does not call for. This module follows the paper's indexing
+and so matches torch-optimizer; both ports, and this module, take one h per tensor (the squared norm of
+delta) rather than the paper's per-coordinate diagonal scaling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._foreach import (
+    check_nonnegative,
+    check_positive,
+    group_by_device_and_dtype,
+    params_with_grad,
+    run_closure,
+    scalar_dtype,
+)
+
+__all__ = ["A2Grad", "a2grad_update", "per_tensor_on_cpu", "per_tensor_scalars"]
+
+VARIANTS = ("uni", "inc", "exp")
+
+
+def per_tensor_scalars(values: Tensor) -> list[float] | list[Tensor]:
+    """One scalar per tensor from a 1-D tensor: Python floats on a CPU with float32/float64 tensors (read
+    for free, and exact in the fused foreach forms), 0-d device tensors elsewhere (no host read)."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        return values.tolist()
+    return list(values.unbind())
+
+
+def per_tensor_on_cpu(update: Callable[..., Any], *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
+    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU one tensor at a time, so
+    that its temporaries are the size of one tensor (reused by the allocator, in cache for the small
+    ones) rather than of the whole list, which costs fresh pages on every step. Empty lists stay empty."""
+    if device_type != "cpu":
+        update(*lists, device_type=device_type, **kwargs)
+        return
+    for i in range(len(lists[0])):
+        update(*([lst[i]] if lst else [] for lst in lists), device_type=device_type, **kwargs)
+
+
+def a2grad_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    avg_grads: list[Tensor],
+    x_ks: list[Tensor],
+    v_ks: list[Tensor],
+    v_kks: list[Tensor],
+    *,
+    k: int,
+    beta: float,
+    lips: float,
+    rho: float,
+    variant: str,
+) -> None:
+    """One A2Grad step at index k (0 on the first). ``v_ks``/``v_kks`` are 0-d tensors, one per parameter
+    (``v_kks`` empty unless variant is 'exp'). Needs whole tensors: the norms of delta are per tensor."""
+    # delta = g - gbar_new = k / (k + 1) * (g - gbar_old): one difference serves the average and the norm.
+    diffs = torch._foreach_sub(grads, avg_grads)
+    torch._foreach_add_(avg_grads, diffs, alpha=1.0 / (k + 1))
+    acc = scalar_dtype(params[0].dtype)
+    norms = torch.stack(torch._foreach_norm(diffs, 2, dtype=acc))
+    squares = (norms * (k / (k + 1))) ** 2
+    v = torch.stack(v_ks)
+    if variant == "uni":
+        v = v + squares
+    elif variant == "inc":
+        v = v * (k / (k + 1)) ** 2 + squares
+    else:
+        v_kk = squares if k == 0 else torch.stack(v_kks) * rho + squares * (1.0 - rho)
+        torch._foreach_copy_(v_kks, list(v_kk.unbind()))
+        v = torch.maximum(v, v_kk)
+    torch._foreach_copy_(v_ks, list(v.unbind()))
+    h = (v * (k + 1)).sqrt() if variant == "exp" else v.sqrt()
+    coefs = 1.0 / (2.0 * lips / (k + 1) + beta * h)
+    a, a_next = 2.0 / (k + 2), 2.0 / (k + 3)
+    steps = torch._foreach_mul(grads, per_tensor_scalars(coefs))
+    torch._foreach_sub_(x_ks, steps)
+    torch._foreach_lerp_(params, x_ks, a_next)
+    torch._foreach_add_(params, steps, alpha=-(1.0 - a_next) * a)
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"Invalid variant: {variant!r} (must be one of {', '.join(VARIANTS)})")
+
+
+class A2Grad(Optimizer):
+    """A2Grad, one class for the three averaging variants of the paper (torch-optimizer has a class per
+    variant, with the same defaults: beta 10, lips 10, rho 0.5).
+
+    Args:
+        params: parameters or param groups.
+        beta: scale of the adaptive term beta * h in the step's denominator (default 10).
+        lips: L, the Lipschitz-constant guess; the first step is g / (2L) (default 10).
+        rho: smoothing of the exponential variant's average of ||delta||^2 (default 0.5).
+        variant: 'uni' (uniform sum), 'inc' (incremental weights) or 'exp' (exponential average with a
+            running maximum) (default 'uni').
+        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``).
+
+    State per parameter: ``avg_grad`` and ``x_k`` (the size of the parameter), ``v_k`` (and ``v_kk`` for
+    'exp') as 0-d tensors. The group keeps ``step`` (k + 1 after a step).
+
+    Deviations from the reference (torch-optimizer):
+        * no ``lr`` argument: the reference accepts one and ignores it; here the step comes from lips and
+          beta only, and an LR scheduler has nothing to change.
+        * k is counted per group (``group['step']``), the reference counts per parameter; they agree
+          whenever every parameter gets a gradient at every step.
+        * ``v_k``/``v_kk`` are 0-d tensors on the parameter's device (the reference keeps Python floats
+          read with ``.item()`` every step); the average is updated as gbar + (g - gbar) / (k + 1).
+    """
+
+    read_only_state = ()
+    needs_reduction_pass = True  # the norms of delta come before the step
+
+    def __init__(
+        self,
+        params: Any,
+        beta: float = 10.0,
+        lips: float = 10.0,
+        rho: float = 0.5,
+        variant: Literal["uni", "inc", "exp"] = "uni",
+        *,
+        compiled: bool | None = None,
+    ) -> None:
+        check_nonnegative(beta, "beta")
+        check_positive(lips, "lips")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho} (must be in [0, 1])")
+        _check_variant(variant)
+        super().__init__(params, dict(beta=beta, lips=lips, rho=rho, variant=variant))
+        self._update = UpdateFunction(a2grad_update, compiled, elementwise=False)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        for group in self.param_groups:
+            params, grads = params_with_grad(group, "A2Grad")
+            if not params:
+                continue
+            _check_variant(group["variant"])
+            k = group.get("step", 0)
+            group["step"] = k + 1
+            exp = group["variant"] == "exp"
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if not state:
+                    state["avg_grad"] = g.clone(memory_format=torch.preserve_format)
+                    state["x_k"] = p.detach().clone(memory_format=torch.preserve_format)
+                    state["v_k"] = torch.zeros((), dtype=scalar_dtype(p.dtype), device=p.device)
+                if exp and "v_kk" not in state:
+                    state["v_kk"] = torch.zeros((), dtype=scalar_dtype(p.dtype), device=p.device)
+            keys = ("avg_grad", "x_k", "v_k") + (("v_kk",) if exp else ())
+            lists = [[self.state[p][key] for p in params] for key in keys]
+            for device, dtype, (p, g, avg, x, v, *v_kk) in group_by_device_and_dtype(params, grads, *lists):
+                per_tensor_on_cpu(
+                    self._update, p, g, avg, x, v, v_kk[0] if v_kk else [],
+                    k=k, beta=group["beta"], lips=group["lips"], rho=group["rho"], variant=group["variant"],
+                    device_type=device.type,
+                )
+        return loss

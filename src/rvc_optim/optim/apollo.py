@@ -1,0 +1,224 @@
+"""Apollo (adaptive parameter-wise diagonal quasi-Newton), the 2020 method.
+
+Paper: "Apollo: An Adaptive Parameter-wise Diagonal Quasi-Newton Method for Nonconvex Stochastic
+Optimization", X. Ma, 2020, arXiv:2009.13586. Not the 2024 memory-efficient APOLLO (SGD-like memory,
+AdamW-level performance), which is a different algorithm.
+
+Update for a parameter p with gradient g at step t (from 1), with the previous update d (0 at first),
+the gradient average m and the diagonal curvature B (both 0 at first)::
+
+    lr_t  = init_lr + (base_lr - init_lr) * (t - 1) / warmup   while t - 1 < warmup, else lr
+    g     <- g + wd * p                                        'L2' weight decay only
+    alpha = (1 - beta) / (1 - beta^t)                          the bias-corrected averaging weight
+    delta = g - m;  m <- m + alpha * delta
+    rebound: 'constant' r = 0.01 and eps' = eps / 0.01;  'belief' r = ||delta||_inf and eps' = eps
+    dn    = d / (||d||_4 + eps')                               the previous update, normalised
+    s     = -alpha * sum(delta / (||d||_4 + eps') * dn) - sum(B * dn^2)
+    B     <- B + s * dn^2                                      weak secant update of the curvature
+    D     = max(|B|, r)  (+ eps / alpha with 'belief')         rectified: never divide by a tiny |B|
+    d     <- m / D  (+ wd * p 'decoupled', + wd / mean(D) * p 'stable')
+    p     <- p - lr_t * d
+
+The step divides the gradient average by the rectified curvature |B|, never by the gradient. The first
+step has B = 0, so it is lr_t * m / 0.01 = 100 * init_lr * g: keep the warm-up. Pick it where a
+curvature-scaled step helps (smooth losses); its lr is about 100x AdamW's (0.01 with 500 warm-up steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._foreach import (
+    add_scaled_,
+    check_eps,
+    check_lr,
+    check_momentum,
+    check_nonnegative_int,
+    check_weight_decay,
+    group_by_device_and_dtype,
+    params_with_grad,
+    run_closure,
+    scalar,
+    state_tensor,
+)
+from rvc_optim.optim.a2grad import per_tensor_on_cpu, per_tensor_scalars
+
+__all__ = ["Apollo", "apollo_update"]
+
+REBOUNDS = ("constant", "belief")
+WEIGHT_DECAY_TYPES = ("L2", "decoupled", "stable")
+CONSTANT_REBOUND = 0.01
+
+
+def _sums(tensors: list[Tensor]) -> Tensor:
+    """[sum(t) for each t] as one 1-D tensor. The secant's sums are formed as products then summed, in
+    the reference's order: a fused dot adds in another order, which the secant's cancellation turns
+    into differences of 1e-9."""
+    return torch.stack([t.sum() for t in tensors])
+
+
+def apollo_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    hessians: list[Tensor],
+    updates: list[Tensor],
+    *,
+    lr: Tensor | float,
+    alpha: float,
+    eps: float,
+    belief: bool,
+    weight_decay: float,
+    weight_decay_type: str,
+) -> None:
+    """One Apollo step, in the docstring's order. Needs whole tensors (||d||_4 and the secant sums are
+    per tensor); the per-tensor values stay on the device (Python floats only on a CPU)."""
+    if weight_decay != 0.0 and weight_decay_type == "L2":
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    deltas = torch._foreach_sub(grads, exp_avgs)
+    if belief:
+        rebounds = per_tensor_scalars(torch.stack(torch._foreach_norm(deltas, float("inf"))))
+    torch._foreach_add_(exp_avgs, deltas, alpha=alpha)
+    norms = per_tensor_scalars(torch.stack(torch._foreach_norm(updates, 4)).add_(eps))
+    torch._foreach_div_(updates, norms)  # d -> dn
+    squares = torch._foreach_mul(updates, updates)
+    torch._foreach_div_(deltas, norms)
+    torch._foreach_mul_(deltas, updates)  # delta / n * dn, in place: delta is not needed any more
+    secants = _sums(deltas).mul_(-alpha).sub_(_sums(torch._foreach_mul(hessians, squares)))
+    torch._foreach_addcmul_(hessians, squares, list(secants.unbind()))  # B <- B + s * dn^2
+    denoms = torch._foreach_abs(hessians)
+    if belief:
+        torch._foreach_maximum_(denoms, rebounds)
+        torch._foreach_add_(denoms, eps / alpha)
+    else:
+        torch._foreach_clamp_min_(denoms, CONSTANT_REBOUND)
+    for u, m, den in zip(updates, exp_avgs, denoms):  # d <- m / D, written in place
+        torch.div(m, den, out=u)
+    if weight_decay != 0.0 and weight_decay_type == "stable":
+        means = torch.stack([t.mean() for t in denoms])
+        decays = torch.full_like(means, weight_decay).div_(means)  # wd / mean: `wd / tensor` multiplies by 1 / mean
+        if decays.device.type == "cpu":  # one fused multiply-add per tensor, as the reference
+            for u, p, c in zip(updates, params, decays.tolist()):
+                u.add_(p, alpha=c)
+        else:
+            torch._foreach_addcmul_(updates, params, list(decays.unbind()))
+    elif weight_decay != 0.0 and weight_decay_type == "decoupled":
+        torch._foreach_add_(updates, params, alpha=weight_decay)
+    add_scaled_(params, updates, -lr)
+
+
+class Apollo(Optimizer):
+    """Apollo, with the authors' argument names and defaults (XuezheMax/apollo ``optim/apollo.py``).
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate after the warm-up (required, as the authors'; they use 0.01).
+        beta: averaging coefficient of the gradient (default 0.9).
+        eps: added to ||d||_4 (divided by 0.01 with the constant rebound) and, over alpha, to the
+            belief rebound's denominator (default 1e-4).
+        rebound: 'constant' (|B| floored at 0.01) or 'belief' (floored at ||delta||_inf) (default 'constant').
+        warmup: steps of linear warm-up from init_lr to the group's lr (default 500).
+        init_lr: the warm-up's first rate (default None: lr / 1000).
+        weight_decay: weight decay coefficient (default 0).
+        weight_decay_type: 'L2' (added to the gradient), 'decoupled' (added to the update) or 'stable'
+            (added to the update divided by mean(D)); None: 'L2' with the constant rebound, 'decoupled'
+            with belief (default None).
+        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``).
+
+    State per parameter: ``exp_avg_grad`` (m), ``approx_hessian`` (B), ``update`` (d). The group keeps
+    ``step`` and ``base_lr``.
+
+    Deviations from the reference:
+        * each group warms up towards its own lr (its ``base_lr`` is its lr at construction, and
+          init_lr=None is that lr / 1000; a group whose lr is below init_lr starts at its lr); the authors
+          give every group the constructor's lr as base_lr, so a group with its own lr jumps to it when
+          the warm-up ends, and a group at lr 0 moves during the warm-up.
+        * the step is counted per group (``group['step']``), the authors count per parameter; they agree
+          whenever every parameter gets a gradient at every step.
+        * no host reads: ||d||_4, the secant sums and the belief rebound stay on the device (the authors'
+          'stable' decay reads mean(D) with ``.item()``); the gradient is not modified.
+    """
+
+    read_only_state = ()
+    needs_reduction_pass = True  # ||d||_4 and the secant sums come before the update
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        beta: float = 0.9,
+        eps: float = 1e-4,
+        rebound: str = "constant",
+        warmup: int = 500,
+        init_lr: float | None = None,
+        weight_decay: float = 0.0,
+        weight_decay_type: str | None = None,
+        *,
+        compiled: bool | None = None,
+    ) -> None:
+        check_lr(lr)
+        check_momentum(beta, "beta")
+        check_eps(eps)
+        check_nonnegative_int(warmup, "warmup")
+        check_weight_decay(weight_decay)
+        if init_lr is not None and not 0.0 <= init_lr <= float(lr):
+            raise ValueError(f"Invalid init_lr: {init_lr} (must be in [0, lr])")
+        defaults = dict(lr=lr, beta=beta, eps=eps, rebound=rebound, warmup=warmup, init_lr=init_lr,
+                        weight_decay=weight_decay, weight_decay_type=weight_decay_type)
+        super().__init__(params, defaults)
+        self._update = UpdateFunction(apollo_update, compiled, elementwise=False)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["rebound"] not in REBOUNDS:
+            raise ValueError(f"Invalid rebound: {group['rebound']!r} (must be 'constant' or 'belief')")
+        if group["weight_decay_type"] is None:
+            group["weight_decay_type"] = "L2" if group["rebound"] == "constant" else "decoupled"
+        if str(group["weight_decay_type"]).lower() == "l2":
+            group["weight_decay_type"] = "L2"
+        if group["weight_decay_type"] not in WEIGHT_DECAY_TYPES:
+            raise ValueError(f"Invalid weight_decay_type: {group['weight_decay_type']!r} "
+                             "(must be 'L2', 'decoupled' or 'stable')")
+        group.setdefault("base_lr", float(group["lr"]))
+        if group["init_lr"] is None:
+            group["init_lr"] = group["base_lr"] / 1000.0
+        # A group whose lr is below init_lr (a frozen group at lr 0) starts at its own lr: no warm-up.
+        group["init_lr"] = min(group["init_lr"], group["base_lr"])
+
+    @staticmethod
+    def current_lr(group: dict[str, Any], done: int) -> float | Tensor:
+        """The rate of the step after ``done`` steps: the linear warm-up, then the group's lr."""
+        if done < group["warmup"]:
+            return group["init_lr"] + (group["base_lr"] - group["init_lr"]) * done / group["warmup"]
+        return group["lr"]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        for group in self.param_groups:
+            params, grads = params_with_grad(group, "Apollo")
+            if not params:
+                continue
+            done = group.get("step", 0)
+            group["step"] = done + 1
+            lists = [[state_tensor(self.state[p], key, p) for p in params]
+                     for key in ("exp_avg_grad", "approx_hessian", "update")]
+            for device, dtype, (p, g, m, b, d) in group_by_device_and_dtype(params, grads, *lists):
+                lr = self.current_lr(group, done)
+                per_tensor_on_cpu(
+                    self._update, p, g, m, b, d,
+                    lr=scalar(lr, device, dtype) if isinstance(lr, Tensor) else lr,
+                    alpha=(1.0 - group["beta"]) / (1.0 - group["beta"] ** group["step"]),
+                    eps=group["eps"] / (1.0 if group["rebound"] == "belief" else CONSTANT_REBOUND),
+                    belief=group["rebound"] == "belief",
+                    weight_decay=group["weight_decay"], weight_decay_type=group["weight_decay_type"],
+                    device_type=device.type,
+                )
+        return loss
