@@ -753,3 +753,28 @@ def make_dataloader(
         pin_memory=pin_memory,
         **extra,
     )
+
+
+def infer_model_config(root: str | os.PathLike[str]) -> tuple[str, str]:
+    """The config of an experiment without ``config.json`` (RVC writes it only when its own training
+    starts), from its data: the sample rate of the first sliced wav and the width of the first
+    feature array. Returns ``(config name, what was inferred from what)``; ValueError if no preset
+    matches."""
+    from rvc_optim.train.config import config_names, get_config
+
+    root = Path(root)
+    exp = find_experiment(root)
+    wav_dir, feat_dir = (_RVC_DIRS[0], _RVC_DIRS[1]) if exp.layout == "rvc" else (_APPLIO_DIRS[0], _APPLIO_DIRS[1])
+    wav = next(iter(sorted((root / wav_dir).glob("*.wav"))), None)
+    feat = next(iter(sorted((root / feat_dir).glob("*.npy"))), None)
+    if wav is None or feat is None:
+        raise ValueError(f"{root} has no config.json and no {wav_dir}/*.wav or {feat_dir}/*.npy to infer it from: "
+                         "pass --config 32k|40k|48k")
+    sample_rate = sf.info(str(wav)).samplerate
+    dim = RVCDataset._npy_shape(feat, str(feat))[-1]
+    for name in config_names():
+        cfg = get_config(name)
+        if cfg.sample_rate == sample_rate and cfg.feature_dim == dim:
+            return name, f"{wav_dir} at {sample_rate} Hz, {dim}-d features in {feat_dir}"
+    raise ValueError(f"{root} has no config.json, and its data ({wav_dir} at {sample_rate} Hz, {dim}-d features) "
+                     "fits no v2 config: pass --config 32k|40k|48k")
