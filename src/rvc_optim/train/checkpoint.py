@@ -5,11 +5,14 @@ Each file is a dict with RVC's keys::
     model          state dict with legacy weight-norm names (X.weight_g / X.weight_v); for optimizers
                    with train/eval modes (schedule-free), the evaluation weights, which RVC's tools use
     iteration      the epoch (1-based), as RVC stores it
-    optimizer      the optimizer's state_dict()
+    optimizer      the optimizer's state_dict(); for AdamW in RVC's layout (one group, RVC's parameter
+                   order), which RVC's trainer loads to continue our runs
     learning_rate  the initial learning rate (RVC stores hps.train.learning_rate, not the current one)
 
 and ours::
 
+    optimizer_groups  the optimizer's own state_dict() (the registry's groups) where ``optimizer`` holds
+                      RVC's layout
     model_train       training-mode weights (only for optimizers with train/eval modes), so resuming
                       never converts between the two points
     optimizer_name    registry name; resuming with another optimizer is refused unless asked for
@@ -31,6 +34,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import zipfile
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,6 +56,7 @@ __all__ = [
     "check_pretrained",
     "read_train_config",
     "remove_orphaned_temp_files",
+    "rvc_optimizer_state",
     "capture_rng",
     "restore_rng",
 ]
@@ -61,11 +66,12 @@ _NAME = re.compile(r"^([GD])_(\d+)\.pth$")
 _TEMP = re.compile(r"^\.(?:[GD]_\d+\.pth|config\.json|train_log\.csv)\..*tmp$")
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike[str], durable: bool = True) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: temp file in the same folder + fsync + ``os.replace``.
 
+    The file gets the user's normal mode (``0666`` less the umask), not the temp file's ``0600``.
     On any failure (including KeyboardInterrupt) the temp file is removed and an existing ``path``
-    is untouched.
+    is untouched. ``durable=False`` skips the fsyncs (caches that can be rebuilt).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,14 +80,23 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -188,7 +203,7 @@ def _torch_load(path: Path, what: str) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: each means "not a checkpoint"
-        if "Weights only load failed" in str(e) and "Unsupported" in str(e):
+        if zipfile.is_zipfile(path) and "Unsupported" in str(e):
             raise ValueError(f"{what} {path} holds Python objects besides tensors and plain data; "
                              "it is not an RVC checkpoint") from None
         size = path.stat().st_size
@@ -301,3 +316,31 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The optimizer state in the layout RVC's own trainer loads
+# --------------------------------------------------------------------------------------------------
+
+
+def rvc_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict[str, Any] | None:
+    """``optimizer``'s state as RVC's trainer would have saved it: one param group holding every
+    parameter of ``module`` in its registration order (RVC's order: our models register their
+    parameters as RVC's classes do), so that RVC's ``torch.optim.AdamW(net.parameters(), ...)``
+    ``.load_state_dict`` takes it. None unless ``optimizer`` is an AdamW (RVC builds no other).
+
+    The group's settings are those of the first group with weight decay (RVC's single group decays
+    every parameter), ``initial_lr`` included where a scheduler set it (RVC's ExponentialLR resumes
+    with ``last_epoch`` and needs it).
+    """
+    if not isinstance(optimizer, torch.optim.AdamW):
+        return None
+    ours = optimizer.state_dict()
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    params = list(module.parameters())
+    groups = [g for g in ours["param_groups"] if g.get("weight_decay")] or ours["param_groups"]
+    group = {k: v for k, v in groups[0].items() if k != "params"}
+    group["params"] = list(range(len(params)))
+    state = {j: ours["state"][index[id(p)]] for j, p in enumerate(params)
+             if id(p) in index and index[id(p)] in ours["state"]}
+    return {"state": state, "param_groups": [group]}

@@ -82,6 +82,7 @@ from rvc_optim.train.checkpoint import (
     remove_orphaned_temp_files,
     resolve_resume,
     restore_rng,
+    rvc_optimizer_state,
 )
 from rvc_optim.train.config import ModelConfig, get_config
 from rvc_optim.train.data import (
@@ -483,7 +484,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
         if not tc.reset_optimizer:
             for opt, ck, path in ((opt_g, ck_g, g_path), (opt_d, ck_d, d_path)):
                 try:
-                    opt.load_state_dict(ck["optimizer"])
+                    opt.load_state_dict(ck.get("optimizer_groups", ck["optimizer"]))
                 except (ValueError, KeyError) as e:
                     # e.g. RVC's own checkpoints: one AdamW group, where ours split decay / no decay
                     raise ResumeError(
@@ -546,6 +547,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
         if not main:
             return None
         opt_sd_g, opt_sd_d = opt_g.state_dict(), opt_d.state_dict()  # in training mode, with model_train
+        opt_of = {id(net_g): opt_g, id(net_d): opt_d}
         common = {
             "iteration": epoch,
             "step": step,
@@ -561,9 +563,13 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
                 (net_g, opt_sd_g, drv_g, sched_g, initial_lr_g, "G"),
                 (net_d, opt_sd_d, drv_d, sched_d, initial_lr_d, "D"),
             ):
+                rvc_sd = rvc_optimizer_state(opt_of[id(net)], net)
                 ckpt = {
                     "model": to_legacy_state_dict(net.state_dict()),
-                    "optimizer": opt_sd,
+                    # RVC's trainer loads "optimizer" into its one-group AdamW: that layout where it
+                    # exists, ours (the registry's groups) beside it
+                    "optimizer": opt_sd if rvc_sd is None else rvc_sd,
+                    **({} if rvc_sd is None else {"optimizer_groups": opt_sd}),
                     "learning_rate": lr0,
                     "optimizer_name": drv.info.name,
                     "scheduler": sched.state_dict() if sched is not None else None,
