@@ -76,6 +76,9 @@ def test_signal_saves_the_current_step(sig, code, experiment, tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(sig)
+    if sig == signal.SIGINT:  # a second Ctrl-C while saving waits for the write
+        time.sleep(0.3)
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err

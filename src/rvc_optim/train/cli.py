@@ -187,7 +187,7 @@ def _shown(value: Any) -> str:
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     if isinstance(value, dict):
         return " ".join(f"{k}={v!r}" for k, v in value.items()) or "(none)"
-    return "(none)" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return "(default)" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def resumed_settings(given: dict[str, Any], saved: dict[str, Any], args: argparse.Namespace, where: Path) -> dict[str, Any]:

@@ -387,6 +387,9 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
     exp = find_experiment(tc.data)
     cfg, _ = model_config_for(tc.model_config, tc.data)
     rows = read_filelist(exp.filelist, layout=exp.layout)
+    if not info.enabled:  # under DDP another rank may be writing a cache right now
+        for folder in {row.wav.parent for row in rows}:
+            remove_orphaned_temp_files(folder, "*.spec.pt.*.tmp")
 
     # ---- what to resume from (read before anything is built: it decides epoch, position, weights)
     rec_g = optimizer_info(tc.optimizer)
