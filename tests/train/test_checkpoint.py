@@ -222,3 +222,28 @@ def test_resume_from_rvc_own_checkpoints(experiment, tmp_path):
     # 4 batches per epoch: epoch 3 starts at step 8; one step taken
     assert (result.step, result.epoch) == (9, 3)
     assert load_checkpoint(tmp_path / "G_9.pth")["data"]["finished_batches"] == 1
+
+
+def test_rvc_trainer_loads_our_adamw_state(experiment, tmp_path):
+    """RVC resumes with ``torch.optim.AdamW(net.parameters(), lr, betas, eps)`` and
+    ``load_state_dict(saved["optimizer"])``: our two-group state must arrive as its one group, in its
+    parameter order (the order our models register parameters, RVC's: see data/rvc_v2_shapes.json)."""
+    result = train(make_tc(experiment, tmp_path, steps=2))
+    for prefix, build in (("G", build_generator), ("D", build_discriminator)):
+        ck = load_checkpoint(tmp_path / f"{prefix}_2.pth")
+        ours = ck["optimizer_groups"]
+        assert len(ours["param_groups"]) == 2 and len(ck["optimizer"]["param_groups"]) == 1
+        # RVC's model: legacy weight-norm parameters, registered in our order
+        torch.manual_seed(0)
+        names = list(to_legacy_state_dict(dict(build(get_config("tiny")).named_parameters())))
+        params = [torch.nn.Parameter(ck["model"][n].clone()) for n in names]
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.99), eps=1e-9)
+        opt.load_state_dict(ck["optimizer"])  # RVC's bare try/except would restart from scratch otherwise
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.999875, last_epoch=ck["iteration"] - 2)
+        for p, name in zip(params, names):
+            assert opt.state[p]["exp_avg"].shape == p.shape, name
+            p.grad = torch.ones_like(p)
+        opt.step()
+        scheduler.step()
+        assert opt.param_groups[0]["weight_decay"] > 0
+    assert result.step == 2

@@ -23,7 +23,7 @@ FLAGS = [
     "--optim-arg-d", "--lr", "--betas", "--eps", "--lr-decay", "--steps", "--epochs", "--batch-size", "--seed",
     "--num-workers", "--log-every", "--eval-every", "--save-every", "--keep-last", "--resume",
     "--reset-optimizer", "--pretrained-g", "--pretrained-d", "--no-tensorboard", "--no-progress", "--precision",
-    "--grad-clip", "--max-skipped", "--device",
+    "--grad-clip", "--max-skipped", "--device", "--override",
 ]
 
 
@@ -38,6 +38,8 @@ def test_help_documents_every_flag(capsys):
     assert set(FLAGS) <= documented, f"flags without help: {sorted(set(FLAGS) - documented)}"
     for flag in FLAGS:
         assert flag in text, f"{flag} missing from --help"
+    words = " ".join(text.split())
+    assert "Without --out the run continues in that folder" in words and "with --resume FOLDER" in words
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,14 @@ Each file is a dict with RVC's keys::
     model          state dict with legacy weight-norm names (X.weight_g / X.weight_v); for optimizers
                    with train/eval modes (schedule-free), the evaluation weights, which RVC's tools use
     iteration      the epoch (1-based), as RVC stores it
-    optimizer      the optimizer's state_dict()
+    optimizer      the optimizer's state_dict(); for AdamW in RVC's layout (one group, RVC's parameter
+                   order), which RVC's trainer loads to continue our runs
     learning_rate  the initial learning rate (RVC stores hps.train.learning_rate, not the current one)
 
 and ours::
 
+    optimizer_groups  the optimizer's own state_dict() (the registry's groups) where ``optimizer`` holds
+                      RVC's layout
     model_train       training-mode weights (only for optimizers with train/eval modes), so resuming
                       never converts between the two points
     optimizer_name    registry name; resuming with another optimizer is refused unless asked for
@@ -31,6 +34,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import zipfile
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rvc_optim.train.weight_norm_keys import load_rvc_state_dict
+from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
 
 __all__ = [
     "atomic_save",
@@ -49,18 +53,25 @@ __all__ = [
     "prune_checkpoints",
     "load_checkpoint",
     "load_pretrained",
+    "check_pretrained",
+    "read_train_config",
+    "remove_orphaned_temp_files",
+    "rvc_optimizer_state",
     "capture_rng",
     "restore_rng",
 ]
 
 _NAME = re.compile(r"^([GD])_(\d+)\.pth$")
+# The temp files atomic_save and the loop's JSON writer leave behind when killed mid-write.
+_TEMP = re.compile(r"^\.(?:[GD]_\d+\.pth|config\.json|train_log\.csv)\..*tmp$")
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike[str], durable: bool = True) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: temp file in the same folder + fsync + ``os.replace``.
 
+    The file gets the user's normal mode (``0666`` less the umask), not the temp file's ``0600``.
     On any failure (including KeyboardInterrupt) the temp file is removed and an existing ``path``
-    is untouched.
+    is untouched. ``durable=False`` skips the fsyncs (caches that can be rebuilt).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,14 +80,23 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -154,29 +174,110 @@ def prune_checkpoints(run_dir: str | os.PathLike[str], keep_last: int) -> list[P
     return removed
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def remove_orphaned_temp_files(folder: str | os.PathLike[str], pattern: str = "") -> list[Path]:
+    """Delete the temp files a write killed mid-way left in ``folder`` (this trainer's names only:
+    ``.G_<n>.pth.*.tmp``, ``.D_<n>.pth.*.tmp``, ``.config.json.tmp``, ``.train_log.csv.tmp``; or those matching the glob
+    ``pattern`` where given). Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.glob(pattern) if pattern else (p for p in folder.iterdir() if _TEMP.match(p.name))
+    removed = []
+    for p in found:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with one clear line for a file that is not a checkpoint
+    (never torch's advice to load it with ``weights_only=False``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # mmap needs the zip format: older files are read whole
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file: each means "not a checkpoint"
+        if zipfile.is_zipfile(path) and "Unsupported" in str(e):
+            raise ValueError(f"{what} {path} holds Python objects besides tensors and plain data; "
+                             "it is not an RVC checkpoint") from None
+        size = path.stat().st_size
+        raise ValueError(f"{what} {path} is not a PyTorch checkpoint ({size:,} bytes that torch cannot read: "
+                         "truncated, or another kind of file)") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, Any]:
     """Read a checkpoint written by this trainer or by RVC/Applio (tensors and plain data only)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _torch_load(path, what)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path} is not an RVC training checkpoint (no 'model' entry)")
+        raise ValueError(f"{what} {path} is not an RVC training checkpoint (no 'model' entry)")
     return ckpt
+
+
+def read_train_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The training settings saved in a checkpoint (``{}`` for RVC's own, which hold none)."""
+    return dict(load_checkpoint(path).get("train_config") or {})
+
+
+def _shapes(sd: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in to_legacy_state_dict(sd).items() if hasattr(v, "shape")}
+
+
+def _differing(a: Mapping[str, tuple], b: Mapping[str, tuple]) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _model_shapes(which: str, cfg) -> dict[str, tuple[int, ...]]:
+    from rvc_optim.train.model import build_discriminator, build_generator
+
+    with torch.device("meta"):
+        model = build_generator(cfg) if which == "generator" else build_discriminator(cfg)
+    return _shapes(model.state_dict())
+
+
+def check_pretrained(path: str | os.PathLike[str], which: str, cfg, cfg_name: str) -> None:
+    """``--pretrained-g/-d`` must be an RVC checkpoint of ``which`` ("generator"/"discriminator")
+    for ``cfg``. Otherwise ValueError in one line: which model and config the file looks like, how
+    many keys differ, at most five of them."""
+    flag = "--pretrained-g" if which == "generator" else "--pretrained-d"
+    got = _shapes(load_checkpoint(path, flag)["model"])
+    diff = _differing(_model_shapes(which, cfg), got)
+    if not diff:
+        return
+    from rvc_optim.train.config import get_config
+
+    guesses = []
+    for name in ("tiny", "32k", "40k", "48k"):
+        for kind in ("generator", "discriminator"):
+            guesses.append((len(_differing(_model_shapes(kind, get_config(name)), got)), kind, name))
+    n, kind, name = min(guesses)
+    looks = (f"it looks like the {kind} of the {name} config" if n == 0
+             else f"it is closest to the {kind} of the {name} config, {n} keys off")
+    raise ValueError(
+        f"{flag} {path}: {len(diff)} of its keys differ from the {which} of the {cfg_name} config this run "
+        f"trains ({looks}), e.g. {', '.join(diff[:5])}"
+    )
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load RVC-format pretrained weights (e.g. ``f0G40k.pth``): only the ``"model"`` entry, strictly.
 
     Accepts legacy (``weight_g/weight_v``) or parametrized weight-norm names. Any missing or
-    unexpected key or shape mismatch raises ``ValueError`` naming the file (RVC's behaviour is a
-    strict load too).
+    unexpected key or shape mismatch raises ``ValueError`` naming the file, the number of keys that
+    differ and at most five of them (RVC's behaviour is a strict load too).
     """
-    ckpt = load_checkpoint(path)
-    try:
-        load_rvc_state_dict(model, ckpt["model"], strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"pretrained weights {path} do not fit this model (config mismatch?): {e}") from e
+    sd = load_checkpoint(path, "pretrained weights")["model"]
+    diff = _differing(_shapes(model.state_dict()), _shapes(sd))
+    if diff:
+        raise ValueError(f"pretrained weights {path} do not fit this model: {len(diff)} keys differ "
+                         f"(config mismatch?), e.g. {', '.join(diff[:5])}")
+    load_rvc_state_dict(model, sd, strict=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,3 +316,31 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The optimizer state in the layout RVC's own trainer loads
+# --------------------------------------------------------------------------------------------------
+
+
+def rvc_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict[str, Any] | None:
+    """``optimizer``'s state as RVC's trainer would have saved it: one param group holding every
+    parameter of ``module`` in its registration order (RVC's order: our models register their
+    parameters as RVC's classes do), so that RVC's ``torch.optim.AdamW(net.parameters(), ...)``
+    ``.load_state_dict`` takes it. None unless ``optimizer`` is an AdamW (RVC builds no other).
+
+    The group's settings are those of the first group with weight decay (RVC's single group decays
+    every parameter), ``initial_lr`` included where a scheduler set it (RVC's ExponentialLR resumes
+    with ``last_epoch`` and needs it).
+    """
+    if not isinstance(optimizer, torch.optim.AdamW):
+        return None
+    ours = optimizer.state_dict()
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    params = list(module.parameters())
+    groups = [g for g in ours["param_groups"] if g.get("weight_decay")] or ours["param_groups"]
+    group = {k: v for k, v in groups[0].items() if k != "params"}
+    group["params"] = list(range(len(params)))
+    state = {j: ours["state"][index[id(p)]] for j, p in enumerate(params)
+             if id(p) in index and index[id(p)] in ours["state"]}
+    return {"state": state, "param_groups": [group]}

@@ -27,7 +27,7 @@ import functools
 import logging
 import os
 import random
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, NamedTuple, Sequence
@@ -37,6 +37,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rvc_optim.train.checkpoint import atomic_save
 from rvc_optim.train.config import ModelConfig
 from rvc_optim.train.mel import spectrogram_torch
 
@@ -188,6 +189,8 @@ def read_filelist(
     base = Path(root) if root is not None else filelist.resolve().parent.parent.parent
 
     rows: list[FilelistRow] = []
+    folder = filelist.resolve().parent
+    outside: list[tuple[Path, bool]] = []  # rows pointing outside the folder: (stale) paths of the original experiment
     with open(filelist, encoding="utf-8") as f:
         lines = f.read().splitlines()
     for n, raw in enumerate(lines, start=1):
@@ -226,13 +229,34 @@ def read_filelist(
                         "absolute paths (pass layout='applio' for Applio's relative paths)"
                     )
                 p = base / p
+            p = _within(p, folder, outside)
             if not p.is_file():
                 raise FileNotFoundError(f"{where}: {label} file {p} does not exist")
             paths.append(p)
         rows.append(FilelistRow(*paths, speaker_id=sid, source=filelist, line=n))
     if not rows:
         raise ValueError(f"filelist {filelist} has no rows (row 1 missing): nothing to train on")
+    if outside:
+        moved = sum(found for _, found in outside)
+        warnings.warn(
+            f"{filelist}: {len(outside)} paths point outside {folder} (a copied or moved experiment?), e.g. "
+            f"{outside[0][0]}; {moved} of them are read from the same names inside {folder}, "
+            f"{len(outside) - moved} where they point",
+            UserWarning, stacklevel=2,
+        )
     return rows
+
+
+def _within(path: Path, folder: Path, outside: list[tuple[Path, bool]]) -> Path:
+    """``path`` if it lies in the experiment ``folder``; else the file of the same name and subfolder
+    in ``folder`` where there is one (RVC users move experiments; RVC's rows are absolute), else
+    ``path``. Rows outside the folder are recorded in ``outside`` (for one warning)."""
+    if path.is_absolute() and not path.resolve().is_relative_to(folder):
+        local = folder / path.parent.name / path.name
+        outside.append((path, local.is_file()))
+        if local.is_file():
+            return local
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,20 +274,23 @@ def spec_cache_path(wav: Path) -> Path:
 
 
 def _atomic_torch_save(obj: torch.Tensor, dest: Path) -> None:
-    """Write ``obj`` to ``dest`` via a temp file in the same folder and ``os.replace``.
+    """Write ``obj`` to ``dest`` via a temp file in the same folder and ``os.replace`` (with the
+    user's normal file mode, not the temp file's 0600).
 
     Readers (other DataLoader workers, other ranks) see either no file or a complete one; RVC writes
     in place, so a run killed mid-write leaves a truncated cache behind.
     """
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_save(obj, dest, durable=False)
+
+
+def _wav_sizes(path: Path) -> tuple[int, int]:
+    """(size the RIFF header announces, actual size) of a WAV file; (0, size) for other formats."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) == 12 and head[:4] == b"RIFF" and head[8:] == b"WAVE":
+        return int.from_bytes(head[4:8], "little") + 8, size
+    return 0, size
 
 
 class RVCDataset(Dataset):
@@ -318,6 +345,12 @@ class RVCDataset(Dataset):
         """Header-only checks of one row; returns its aligned frame count."""
         cfg = self.cfg
         where = row.where()
+        declared, size = _wav_sizes(row.wav)
+        if declared > size:
+            raise ValueError(
+                f"{where}: {row.wav} looks truncated: {size:,} bytes where its header announces {declared:,}; "
+                "re-run RVC's preprocessing for it or remove the row"
+            )
         try:
             info = sf.info(str(row.wav))
         except RuntimeError as e:  # soundfile's LibsndfileError is a RuntimeError
@@ -351,9 +384,11 @@ class RVCDataset(Dataset):
     @staticmethod
     def _npy_shape(path: Path, where: str) -> tuple[int, ...]:
         try:
-            return tuple(np.load(path, mmap_mode="r").shape)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{where}: cannot read {path} as a .npy array: {e}") from e
+            return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+        except (OSError, ValueError, EOFError):
+            # numpy's own text advises allow_pickle, which is never the answer for a feature file
+            raise ValueError(f"{where}: {path} is not a feature array (not a readable .npy file, "
+                             f"{path.stat().st_size:,} bytes)") from None
 
     def _check_long_enough(self, row: FilelistRow, length: int) -> None:
         need = self.cfg.segment_frames
@@ -753,3 +788,28 @@ def make_dataloader(
         pin_memory=pin_memory,
         **extra,
     )
+
+
+def infer_model_config(root: str | os.PathLike[str]) -> tuple[str, str]:
+    """The config of an experiment without ``config.json`` (RVC writes it only when its own training
+    starts), from its data: the sample rate of the first sliced wav and the width of the first
+    feature array. Returns ``(config name, what was inferred from what)``; ValueError if no preset
+    matches."""
+    from rvc_optim.train.config import config_names, get_config
+
+    root = Path(root)
+    exp = find_experiment(root)
+    wav_dir, feat_dir = (_RVC_DIRS[0], _RVC_DIRS[1]) if exp.layout == "rvc" else (_APPLIO_DIRS[0], _APPLIO_DIRS[1])
+    wav = next(iter(sorted((root / wav_dir).glob("*.wav"))), None)
+    feat = next(iter(sorted((root / feat_dir).glob("*.npy"))), None)
+    if wav is None or feat is None:
+        raise ValueError(f"{root} has no config.json and no {wav_dir}/*.wav or {feat_dir}/*.npy to infer it from: "
+                         "pass --config 32k|40k|48k")
+    sample_rate = sf.info(str(wav)).samplerate
+    dim = RVCDataset._npy_shape(feat, str(feat))[-1]
+    for name in config_names():
+        cfg = get_config(name)
+        if cfg.sample_rate == sample_rate and cfg.feature_dim == dim:
+            return name, f"{wav_dir} at {sample_rate} Hz, {dim}-d features in {feat_dir}"
+    raise ValueError(f"{root} has no config.json, and its data ({wav_dir} at {sample_rate} Hz, {dim}-d features) "
+                     "fits no v2 config: pass --config 32k|40k|48k")

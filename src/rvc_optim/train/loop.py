@@ -56,6 +56,7 @@ import csv
 import json
 import math
 import random
+import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -78,11 +79,20 @@ from rvc_optim.train.checkpoint import (
     load_checkpoint,
     load_pretrained,
     prune_checkpoints,
+    remove_orphaned_temp_files,
     resolve_resume,
     restore_rng,
+    rvc_optimizer_state,
 )
 from rvc_optim.train.config import ModelConfig, get_config
-from rvc_optim.train.data import collate, find_experiment, make_dataloader, mix_seed, read_filelist
+from rvc_optim.train.data import (
+    collate,
+    find_experiment,
+    infer_model_config,
+    make_dataloader,
+    mix_seed,
+    read_filelist,
+)
 from rvc_optim.train.export import export_small_model
 from rvc_optim.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from rvc_optim.train.mel import mel_spectrogram, spec_to_mel
@@ -90,7 +100,8 @@ from rvc_optim.train.model import build_discriminator, build_generator, commons
 from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_scheduler
 from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "ResumeError", "train", "PRECISIONS"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "ResumeError", "Interrupted", "StopRequest", "train",
+           "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -103,6 +114,26 @@ class TrainingStopped(RuntimeError):
 
 class ResumeError(ValueError):
     """A checkpoint cannot be resumed as asked (other optimizer, other data, ...)."""
+
+
+class StopRequest:
+    """Set by a signal handler (see ``rvc_optim.train.cli``): ``signum`` of the first signal, or None.
+
+    The loop sets ``armed`` while it runs; it then checks ``signum`` after every iteration, and on a
+    request saves the current step and raises :class:`Interrupted`.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving step ``step`` (``checkpoint``; None on other ranks)."""
+
+    def __init__(self, step: int, checkpoint: Path | None, run_dir: Path, signum: int) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint, self.run_dir, self.signum = step, checkpoint, run_dir, signum
 
 
 @dataclass
@@ -182,12 +213,22 @@ class TrainResult:
     seconds_per_step: float
 
     def loss_summary(self, key: str = "loss_mel") -> tuple[float, float]:
-        """Average of ``key`` over the first and the last tenth of the logged windows."""
+        """Average of ``key`` over the first and the last third of the logged windows."""
         values = [row[key] for row in self.history if key in row]
         if not values:
             return math.nan, math.nan
-        k = max(1, len(values) // 10)
+        k = max(1, len(values) // 3)
         return float(np.mean(values[:k])), float(np.mean(values[-k:]))
+
+    def trend(self, key: str = "loss_mel", min_points: int = 6) -> str:
+        """``"first third a -> last third b (fell)"``, judged on means over windows of logged rows;
+        with fewer than ``min_points`` logged rows, says so instead of judging."""
+        n = sum(key in row for row in self.history)
+        first, last = self.loss_summary(key)
+        if n < min_points:
+            return f"first {first:.3f} -> last {last:.3f} (too few logged points to judge: {n})"
+        verdict = "fell" if last < first else "did not fall"
+        return f"first third {first:.3f} -> last third {last:.3f} (means of {n // 3} logs each; {verdict})"
 
 
 class GenOut(NamedTuple):
@@ -293,12 +334,19 @@ def _resolve_device(spec: str | None, info: distributed.DistInfo) -> torch.devic
     return device
 
 
-def _model_config(tc: TrainConfig, exp_config: Path | None) -> ModelConfig:
-    if tc.model_config is not None:
-        return get_config(tc.model_config)
-    if exp_config is None:
-        raise ValueError(f"{tc.data} has no config.json: pass --config tiny|32k|40k|48k")
-    return ModelConfig.from_rvc_json(exp_config)
+def model_config_for(name: str | None, data: str | Path, announce: bool = False) -> tuple[ModelConfig, str | None]:
+    """The model config: ``name`` if given, else the experiment's ``config.json``, else inferred from
+    its data (printed when ``announce``). Returns the config and the name to record (None: the JSON)."""
+    if name is not None:
+        return get_config(name), name
+    exp = find_experiment(data)
+    if exp.config is not None:
+        return ModelConfig.from_rvc_json(exp.config), None
+    name, source = infer_model_config(data)
+    if announce:
+        print(f"{data} has no config.json (RVC writes it when its training starts): inferred the {name} config "
+              f"from {source}", flush=True)
+    return get_config(name), name
 
 
 def _seed_everything(seed: int) -> None:
@@ -312,29 +360,36 @@ def _seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def train(tc: TrainConfig) -> TrainResult:
-    """Train a generator/discriminator pair as configured by ``tc``; see the module docstring."""
+def train(tc: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
+    """Train a generator/discriminator pair as configured by ``tc``; see the module docstring.
+
+    ``stop``: set by a signal handler; the loop then saves the current step and raises
+    :class:`Interrupted` (see :class:`StopRequest`)."""
     info = distributed.env_dist_info()
     device = _resolve_device(tc.device, info)
     owns_group = info.enabled and not torch.distributed.is_initialized()
     info = distributed.setup(device, info)
     try:
-        return _train(tc, info, device)
+        return _train(tc, info, device, stop)
     finally:
         if owns_group:
             distributed.teardown()
 
 
-def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) -> TrainResult:
+def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, stop: StopRequest | None) -> TrainResult:
     main = info.is_main
     run_dir = Path(tc.run_dir)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        for p in remove_orphaned_temp_files(run_dir):
+            print(f"removed {p}, left by an interrupted write", flush=True)
 
     # ---- data and model config
     exp = find_experiment(tc.data)
-    cfg = _model_config(tc, exp.config)
+    cfg, _ = model_config_for(tc.model_config, tc.data)
     rows = read_filelist(exp.filelist, layout=exp.layout)
+    if not info.enabled:  # under DDP another rank may be writing a cache right now
+        for folder in {row.wav.parent for row in rows}:
+            remove_orphaned_temp_files(folder, "*.spec.pt.*.tmp")
 
     # ---- what to resume from (read before anything is built: it decides epoch, position, weights)
     rec_g = optimizer_info(tc.optimizer)
@@ -398,6 +453,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
             )
         step = int(ck_g["step"]) if "step" in ck_g else (epoch - 1) * batches_per_epoch
     total_steps = tc.steps if tc.steps is not None else (tc.epochs or 20) * batches_per_epoch
+    if main and ck_g is not None:
+        print(f"resumed from step {step} of {total_steps} in {run_dir}", flush=True)
 
     # ---- optimizers from the registry, schedulers only where the protocol wants one
     args_d = tc.optim_args_d if tc.optim_args_d is not None else (
@@ -413,6 +470,9 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     )
     initial_lr_g = float(opt_g.param_groups[0].get("lr", 0.0))
     initial_lr_d = float(opt_d.param_groups[0].get("lr", 0.0))
+    if main:
+        for who, drv in (("generator", drv_g), ("discriminator", drv_d)):
+            print(f"{who} optimizer {drv.info.name}: {'; '.join(drv.protocol.lines())}", flush=True)
     sched_g = build_scheduler(opt_g, drv_g, tc.lr_decay)
     sched_d = build_scheduler(opt_d, drv_d, tc.lr_decay)
     use_scaler = tc.precision == "fp16"
@@ -427,7 +487,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         if not tc.reset_optimizer:
             for opt, ck, path in ((opt_g, ck_g, g_path), (opt_d, ck_d, d_path)):
                 try:
-                    opt.load_state_dict(ck["optimizer"])
+                    opt.load_state_dict(ck.get("optimizer_groups", ck["optimizer"]))
                 except (ValueError, KeyError) as e:
                     # e.g. RVC's own checkpoints: one AdamW group, where ours split decay / no decay
                     raise ResumeError(
@@ -470,18 +530,16 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     # ---- logging (rank 0)
     writer = csv_file = csv_writer = None
     if main:
-        _write_json(run_dir / "config.json", cfg.to_rvc_json({"batch_size": tc.batch_size, "seed": tc.seed}))
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: every check of the input has passed
+        _write_json(run_dir / "config.json", cfg.to_rvc_json({
+            "batch_size": tc.batch_size, "seed": tc.seed, "fp16_run": tc.precision == "fp16",
+            "precision": tc.precision, "steps": total_steps, "epochs": math.ceil(total_steps / batches_per_epoch),
+        }))
         if tc.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if step else None)
-        csv_path = run_dir / "train_log.csv"
-        new_csv = not csv_path.exists() or step == 0
-        csv_file = open(csv_path, "w" if new_csv else "a", newline="", encoding="utf-8")
-        fields = ["step", "epoch", "lr_g", "lr_d", *_LOG_KEYS, "skipped", "sec_per_step"]
-        csv_writer = csv.DictWriter(csv_file, fieldnames=fields)
-        if new_csv:
-            csv_writer.writeheader()
+        csv_file, csv_writer = _open_csv_log(run_dir / "train_log.csv", step)
     val_batch = [t.to(device) for t in collate([loader.dataset[0]])]
     from tqdm.auto import tqdm
 
@@ -492,6 +550,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         if not main:
             return None
         opt_sd_g, opt_sd_d = opt_g.state_dict(), opt_d.state_dict()  # in training mode, with model_train
+        opt_of = {id(net_g): opt_g, id(net_d): opt_d}
         common = {
             "iteration": epoch,
             "step": step,
@@ -507,9 +566,13 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                 (net_g, opt_sd_g, drv_g, sched_g, initial_lr_g, "G"),
                 (net_d, opt_sd_d, drv_d, sched_d, initial_lr_d, "D"),
             ):
+                rvc_sd = rvc_optimizer_state(opt_of[id(net)], net)
                 ckpt = {
                     "model": to_legacy_state_dict(net.state_dict()),
-                    "optimizer": opt_sd,
+                    # RVC's trainer loads "optimizer" into its one-group AdamW: that layout where it
+                    # exists, ours (the registry's groups) beside it
+                    "optimizer": opt_sd if rvc_sd is None else rvc_sd,
+                    **({} if rvc_sd is None else {"optimizer_groups": opt_sd}),
                     "learning_rate": lr0,
                     "optimizer_name": drv.info.name,
                     "scheduler": sched.state_dict() if sched is not None else None,
@@ -555,6 +618,8 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     net_d.train()
     drv_g.train()
     drv_d.train()
+    if stop is not None:
+        stop.armed = True  # from here a signal saves the current step instead of interrupting
     try:
         while step < total_steps:
             sampler.set_epoch(epoch)  # same epoch as the loader was built for: keeps the position
@@ -637,15 +702,16 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                 if main and tc.log_every and (step % tc.log_every == 0 or step == total_steps) and n_logged:
                     now = time.perf_counter()
                     values = torch.stack([sums[k] for k in _LOG_KEYS]).div(n_logged).tolist()  # the log's sync
-                    row = {"step": step, "epoch": epoch, "lr_g": opt_g.param_groups[0].get("lr", 0.0),
-                           "lr_d": opt_d.param_groups[0].get("lr", 0.0), **dict(zip(_LOG_KEYS, values)),
+                    row = {"step": step, "epoch": epoch, **applied_lr(opt_g, drv_g, "_g"),
+                           **applied_lr(opt_d, drv_d, "_d"), **dict(zip(_LOG_KEYS, values)),
                            "skipped": skipped_total, "sec_per_step": (now - window_start) / max(1, n_logged)}
                     history.append(row)
                     csv_writer.writerow(row)
                     csv_file.flush()
                     if writer is not None:
-                        for k in ("lr_g", "lr_d", *_LOG_KEYS, "sec_per_step"):
-                            writer.add_scalar(f"train/{k}", row[k], step)
+                        for k in ("lr_g", "lr_d", "d_g", "d_d", *_LOG_KEYS, "sec_per_step"):
+                            if row.get(k) is not None:
+                                writer.add_scalar(f"train/{k}", row[k], step)
                         if use_scaler:
                             writer.add_scalar("train/grad_scale", scaler.get_scale(), step)
                     bar.set_postfix(loss_g=f"{row['loss_g']:.3f}", mel=f"{row['loss_mel']:.3f}",
@@ -657,6 +723,10 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                 if tc.save_every and step % tc.save_every == 0:
                     last_ckpt = save_checkpoint() or last_ckpt
                     last_saved_step = step
+                if stop is not None and _stop_requested(stop, info, device):
+                    if last_saved_step != step:
+                        last_ckpt = save_checkpoint() or last_ckpt
+                    raise Interrupted(step, last_ckpt if main else None, run_dir, stop.signum or signal.SIGTERM)
                 if step >= total_steps:
                     break
             if finished >= batches_per_epoch:  # end of the epoch: RVC's schedulers step once per epoch
@@ -709,6 +779,54 @@ def _all_finite(loss: torch.Tensor, norm: torch.Tensor, info: distributed.DistIn
     if info.enabled:
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     return bool(ok.item())
+
+
+def _stop_requested(stop: StopRequest, info: distributed.DistInfo, device: torch.device) -> bool:
+    """Whether a signal asked to stop, on any rank (under DDP one all-reduce: all ranks stop together)."""
+    flag = stop.signum is not None
+    if info.enabled:
+        t = torch.tensor(int(flag), device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        flag = bool(t.item())
+    return flag
+
+
+def applied_lr(optimizer: torch.optim.Optimizer, driver: ProtocolDriver, suffix: str) -> dict[str, float | None]:
+    """The step size the first param group actually applies, read as the record's protocol says:
+    ``lr_role == "multiplier"``: the group's ``d`` (a 0-d tensor for Prodigy / D-Adapt) times lr,
+    and ``d`` itself; ``owns_schedule``: the group's ``scheduled_lr`` (e.g. schedule-free warm-up)
+    where it keeps one; else ``lr``. Reading a device tensor is a host sync: call on logging steps only.
+    """
+    group = optimizer.param_groups[0]
+    lr = float(group.get("lr", 0.0))
+    d = None
+    protocol = driver.protocol
+    if protocol.lr_role == "multiplier" and group.get("d") is not None:
+        d = float(group["d"])
+        lr = d * lr
+    elif protocol.owns_schedule and group.get("scheduled_lr") is not None:
+        lr = float(group["scheduled_lr"])
+    return {f"lr{suffix}": lr, f"d{suffix}": d}
+
+
+_CSV_FIELDS = ["step", "epoch", "lr_g", "lr_d", "d_g", "d_d", *_LOG_KEYS, "skipped", "sec_per_step"]
+
+
+def _open_csv_log(path: Path, step: int):
+    """``train_log.csv`` for appending, cut at ``step`` (rows logged after the checkpoint being resumed
+    belong to a future that is now rewritten, like the TensorBoard log's purge_step)."""
+    kept: list[dict[str, str]] = []
+    if step and path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            kept = [row for row in csv.DictReader(f) if row.get("step", "").isdigit() and int(row["step"]) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+    tmp.replace(path)
+    csv_file = open(path, "a", newline="", encoding="utf-8")
+    return csv_file, csv.DictWriter(csv_file, fieldnames=_CSV_FIELDS, extrasaction="ignore")
 
 
 def _describe(path: Path | None, run_dir: Path) -> str:

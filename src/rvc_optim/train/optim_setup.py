@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -37,6 +38,8 @@ __all__ = [
     "parse_value",
     "parse_optim_args",
     "check_optim_args",
+    "parse_betas",
+    "check_betas",
     "optimizer_settings",
     "build_optimizer",
     "build_scheduler",
@@ -103,6 +106,48 @@ def check_optim_args(record: OptimizerInfo, kwargs: Mapping[str, Any], flag: str
                 f"{flag} {key}: {record.name} has no argument {key!r}.{hint} "
                 f"It accepts: {', '.join(accepted)}"
             )
+        _check_type(record, key, kwargs[key], accepted[key].default, flag)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_type(record: OptimizerInfo, key: str, value: Any, default: Any, flag: str) -> None:
+    """A value of the wrong kind for ``key`` (judged by the constructor's default or, where that is
+    None, the record's recommendation) raises :class:`OptimArgError` naming the argument."""
+    like = default if default is not inspect.Parameter.empty and default is not None else record.recommended.get(key)
+    if _is_number(like) and not _is_number(value):
+        raise OptimArgError(f"{flag} {key}={value!r}: {record.name}'s {key} takes a number (like {like!r})")
+    if isinstance(like, bool) and not isinstance(value, bool):
+        raise OptimArgError(f"{flag} {key}={value!r}: {record.name}'s {key} takes True or False")
+    if isinstance(like, tuple) and all(_is_number(v) for v in like):
+        if not (isinstance(value, (tuple, list)) and len(value) == len(like) and all(_is_number(v) for v in value)):
+            raise OptimArgError(
+                f"{flag} {key}={value!r}: {record.name}'s {key} takes {len(like)} numbers, like "
+                f"{key}={tuple(like)!r}"
+            )
+
+
+def parse_betas(text: str) -> tuple[float, ...]:
+    """``--betas 0.8,0.99`` (or ``(0.8, 0.99)``) -> ``(0.8, 0.99)``; anything else is an OptimArgError."""
+    value = parse_value(text if "," in text or "(" in text else f"({text},)")
+    if not isinstance(value, (tuple, list)) or not value or not all(_is_number(v) for v in value):
+        raise OptimArgError(f"--betas {text}: expected numbers separated by a comma, like 0.8,0.99")
+    return tuple(float(v) for v in value)
+
+
+def check_betas(record: OptimizerInfo, betas: tuple[float, ...]) -> None:
+    """``--betas`` must have as many values as ``record``'s class takes (and the class must take betas)."""
+    param = constructor_parameters(record.cls).get("betas")
+    if param is None:
+        raise OptimArgError(f"--betas: {record.name} takes no betas")
+    like = param.default if isinstance(param.default, (tuple, list)) else record.recommended.get("betas")
+    if isinstance(like, (tuple, list)) and len(like) != len(betas):
+        shown = ",".join(f"{b:g}" for b in betas)
+        raise OptimArgError(
+            f"--betas {shown}: {record.name} takes {len(like)} betas, like --betas {','.join(f'{b:g}' for b in like)}"
+        )
 
 
 def optimizer_settings(
