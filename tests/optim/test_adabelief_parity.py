@@ -114,3 +114,27 @@ def test_eps_accumulates_in_the_variance():
         opt.step()
     torch.testing.assert_close(opt.state[p]["exp_avg_var"], torch.full((2,), 1e-3 * (1 + 0.999 + 0.999**2),
                                                                        dtype=torch.float64))
+
+
+@pytest.mark.parametrize("switches", [{}, {"rectify": False, "amsgrad": True}], ids=["rectified", "amsgrad"])
+def test_parameters_with_their_own_step_counts(switches):
+    """A parameter that misses steps (no gradient) keeps its own count, as in the reference: the group's
+    parameters are then stepped in two buckets with different bias corrections and rectification."""
+    torch.manual_seed(0)
+    starts = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    sides = []
+    for make in (lambda ps: AdaBelief(ps, lr=1e-2, betas=BETAS, compiled=False, **switches),
+                 lambda ps: _reference(ps, lr=1e-2, **switches)):
+        params = [torch.nn.Parameter(s.clone()) for s in starts]
+        sides.append((params, make(params)))
+    gen = torch.Generator().manual_seed(1)
+    for step in range(20):
+        grads = [torch.randn(s.shape, generator=gen, dtype=torch.float64) for s in starts]
+        for params, opt in sides:
+            for i, (p, g) in enumerate(zip(params, grads)):
+                p.grad = g.clone() if i == 0 or step % 3 == 0 else None
+            opt.step()
+    (ours, opt), (ref, ref_opt) = sides
+    assert opt.state[ours[0]]["step"] == 20 and opt.state[ours[1]]["step"] == 7
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=0)
