@@ -4,8 +4,9 @@ and the zero-gradient case written out.
 
 All references create the layer second moment in the default dtype: they run under
 ``torch.set_default_dtype(torch.float64)`` here, so their scalar is float64 like ours. Measured over
-200 float64 steps: parameters and state agree to about 1e-15 relative (ours multiplies g by
-1 / (sqrt(v) + eps) where timm divides, and takes n as a squared norm), so rtol 1e-9 holds.
+200 float64 steps (all cases): parameters within 4.4e-16 absolute (2.3e-13 relative), state within
+6.7e-12 relative. The differences are rounding: ours scales g by 1 / (sqrt(v) + eps) inside the
+momentum update where timm divides first, and takes n as a squared norm. rtol 1e-9 holds.
 """
 
 from __future__ import annotations
