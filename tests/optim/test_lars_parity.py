@@ -1,8 +1,9 @@
 """LARS against ``timm.optim.Lars`` (timm 1.0.31: apex's LARC in scaling mode with torch's SGD
 momentum; the authors released no PyTorch code), and the local rate's rules written out.
 
-Measured over 200 float64 steps: parameters and momentum buffers agree to about 1e-15 relative (the
-same operations; ours adds wd p before scaling by the local rate, as timm), so rtol 1e-9 holds.
+Measured over 200 float64 steps (all cases): parameters within 2.9e-15 absolute (4.7e-12 relative, on
+elements near zero), momentum buffers within 3.4e-11 relative. The differences are rounding: ours adds
+rate * g and rate * wd * p into the buffer where timm forms rate * (g + wd * p). rtol 1e-9 holds.
 """
 
 from __future__ import annotations

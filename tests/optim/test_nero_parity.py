@@ -9,8 +9,8 @@ own equations before its optimizer is built; the port's first-step projection of
 weights then changes them only in the last bits. The port constrains every tensor of more than one
 dimension in a constrained group, the weight-norm magnitude [8, 1, 1] included, which ours leaves
 free: the reference's second group (biases and that magnitude) runs with constraints=False, ours with
-the default True. Measured over 200 float64 steps: parameters and state agree to about 1e-14
-relative, so rtol 1e-9 holds.
+the default True. Measured over 200 float64 steps: parameters within 1.3e-15 absolute (8.4e-14
+relative), state within 6.2e-15 relative, so rtol 1e-9 holds.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
 from rvc_optim.optim._foreach import (
     add_scaled_,
     check_betas,
@@ -51,20 +51,22 @@ __all__ = ["NovoGrad", "novograd_update"]
 
 def novograd_update(
     params: list[Tensor],
-    normalized: list[Tensor],
+    grads: list[Tensor],
     exp_avgs: list[Tensor],
     *,
     lr: Tensor | float,
+    scale: float,
     beta1: float,
     averaging: float,
     weight_decay: float,
 ) -> None:
-    """The elementwise part: ``normalized`` holds g / (sqrt(v_hat) + eps) (a temporary: overwritten);
-    ``averaging`` is 1 - beta1 with grad_averaging, else 1."""
-    if weight_decay != 0.0:
-        torch._foreach_add_(normalized, params, alpha=weight_decay)
+    """The elementwise part, m <- beta1 m + averaging (scale g + wd p) and p <- p - lr m: ``scale`` is
+    the tensor's 1 / (sqrt(v_hat) + eps) (1 for gradients already normalised), ``averaging`` is 1 - beta1
+    with grad_averaging, else 1."""
     foreach_mul_by_constant_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, normalized, alpha=averaging)
+    add_scaled_(exp_avgs, grads, averaging * scale)
+    if weight_decay != 0.0:
+        add_scaled_(exp_avgs, params, averaging * weight_decay)
     add_scaled_(params, exp_avgs, -lr)
 
 
@@ -141,11 +143,13 @@ class NovoGrad(Optimizer):
                     [max_sqs] if max_sqs else [])):
                 p, g, m, v = lists[:4]
                 v_hat = _layer_second_moments(g, v, lists[4] if max_sqs else [], beta2)
-                normalized = torch._foreach_mul(g, list((1.0 / (v_hat.sqrt() + group["eps"])).unbind()))
-                self._update(
-                    p, normalized, m,
-                    lr=scalar(group["lr"], device, dtype),
-                    beta1=beta1, averaging=1.0 - beta1 if group["grad_averaging"] else 1.0,
-                    weight_decay=group["weight_decay"], device_type=device.type,
-                )
+                scales = 1.0 / (v_hat.sqrt() + group["eps"])
+                fixed = dict(lr=scalar(group["lr"], device, dtype), beta1=beta1, weight_decay=group["weight_decay"],
+                             averaging=1.0 - beta1 if group["grad_averaging"] else 1.0, device_type=device.type)
+                if device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu"):
+                    # one blocked update per tensor, its scale a Python float (free to read on a CPU)
+                    for x, grad, exp_avg, one in zip(p, g, m, scales.tolist()):
+                        self._update([x], [grad], [exp_avg], scale=one, **fixed)
+                else:
+                    self._update(p, torch._foreach_mul(g, list(scales.to(dtype).unbind())), m, scale=1.0, **fixed)
         return loss
