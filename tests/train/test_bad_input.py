@@ -32,9 +32,9 @@ def _error_line(argv: list[str], tmp_path: Path, capsys) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--optim-arg", "lr=abc"], "--optim-arg lr='abc': AdamW's lr takes a number (like 0.001)"),
+    (["--optim-arg", "lr=abc"], "--optim-arg lr='abc': AdamW's lr takes a number (like 0.0001)"),
     (["--optimizer", "Prodigy", "--optim-arg", "d_coef=abc"], "Prodigy's d_coef takes a number"),
-    (["--betas", "0.9"], "--betas 0.9: AdamW takes 2 betas, like --betas 0.9,0.999"),
+    (["--betas", "0.9"], "--betas 0.9: AdamW takes 2 betas, like --betas 0.8,0.99"),
     (["--optim-arg", "betas=0.9"], "AdamW's betas takes 2 numbers"),
 ])
 def test_malformed_optimizer_values(argv, message, tmp_path, capsys):
