@@ -110,3 +110,12 @@ def test_experiment_without_config_json_infers_it(copied, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "has no config.json (RVC writes it when its training starts): inferred the tiny config from 0_gt_wavs at 16000 Hz, 768-d features" in out
+
+
+def test_resume_latest_without_out_says_where_it_looks(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("rvc-optim train: error: --resume latest looks in --out: pass --out FOLDER, or the run "
+                           "folder itself: --resume FOLDER")
+    assert not any(tmp_path.iterdir())
