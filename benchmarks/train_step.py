@@ -3,8 +3,9 @@
 
 Each config runs in a fresh subprocess, so its peak resident memory (``ru_maxrss``) is its own: models,
 optimizer state, activations and the autograd graph of one iteration (torch's allocations are not
-seen by tracemalloc). An iteration is what ``rvc-optim train`` does per batch (generator forward, the
-discriminator step, the generator step, both through the protocol driver), on a synthetic batch of
+seen by tracemalloc). An iteration is :func:`rvc_optim.train.loop.train_step`, the function ``rvc-optim
+train`` calls per batch (generator forward, the discriminator step, the generator step, both through the
+protocol driver, with the loop's two finiteness checks), on a synthetic batch of
 ``--frames`` frames per item (RVC items are up to 900 frames; the decoder and the discriminator see
 one ``segment_size`` slice). The first ``--warmup`` iterations are not timed. Example::
 
@@ -26,8 +27,7 @@ def child(config: str, batch_size: int, frames: int, iters: int, warmup: int, pr
     import torch
 
     from rvc_optim.train.config import get_config
-    from rvc_optim.train.loop import _AMP_DTYPES, discriminator_pass, generator_forward, generator_losses, grad_norm
-    from rvc_optim.train.losses import discriminator_loss
+    from rvc_optim.train.loop import _AMP_DTYPES, StepParts, train_step
     from rvc_optim.train.model import build_discriminator, build_generator
     from rvc_optim.train.optim_setup import build_optimizer
 
@@ -55,30 +55,16 @@ def child(config: str, batch_size: int, frames: int, iters: int, warmup: int, pr
         torch.zeros(b, dtype=torch.long),  # sid
     ]
     batch = [x.to(dev) for x in batch]
-    amp_dtype = _AMP_DTYPES[precision]
-
-    def amp():
-        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    g_params, d_params = list(net_g.parameters()), list(net_d.parameters())
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    parts = StepParts(cfg, net_g, net_d, opt_g, opt_d, drv_g, drv_d, scaler, dev, _AMP_DTYPES[precision])
+    g_params, d_params = parts.g_params, parts.d_params
     times = []
     for i in range(total):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = generator_forward(net_g, batch, cfg, amp)
-        r, g, _, _ = discriminator_pass(net_d, out.wave, out.y_hat.detach(), amp)
-        loss_d = discriminator_loss(r, g)[0]
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_norm(d_params, None)
-        drv_d.step()
-        loss_g = generator_losses(net_d, out, cfg, amp)["loss_g"]
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward(inputs=g_params)
-        grad_norm(g_params, None)
-        drv_g.step()
-        loss = float(loss_g)  # one sync, as at a log step
+        result = train_step(parts, batch)
+        loss = float(result.losses_g["loss_g"])  # one sync, as at a log step
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:

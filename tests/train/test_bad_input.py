@@ -32,9 +32,9 @@ def _error_line(argv: list[str], tmp_path: Path, capsys) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--optim-arg", "lr=abc"], "--optim-arg lr='abc': AdamW's lr takes a number (like 0.001)"),
+    (["--optim-arg", "lr=abc"], "--optim-arg lr='abc': AdamW's lr takes a number (like 0.0001)"),
     (["--optimizer", "Prodigy", "--optim-arg", "d_coef=abc"], "Prodigy's d_coef takes a number"),
-    (["--betas", "0.9"], "--betas 0.9: AdamW takes 2 betas, like --betas 0.9,0.999"),
+    (["--betas", "0.9"], "--betas 0.9: AdamW takes 2 betas, like --betas 0.8,0.99"),
     (["--optim-arg", "betas=0.9"], "AdamW's betas takes 2 numbers"),
 ])
 def test_malformed_optimizer_values(argv, message, tmp_path, capsys):
@@ -110,3 +110,12 @@ def test_experiment_without_config_json_infers_it(copied, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "has no config.json (RVC writes it when its training starts): inferred the tiny config from 0_gt_wavs at 16000 Hz, 768-d features" in out
+
+
+def test_resume_latest_without_out_says_where_it_looks(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("rvc-optim train: error: --resume latest looks in --out: pass --out FOLDER, or the run "
+                           "folder itself: --resume FOLDER")
+    assert not any(tmp_path.iterdir())

@@ -52,6 +52,7 @@ def test_help_documents_every_flag(capsys):
         (["--demo", "--optim-arg", "warmup"], "expects key=value"),
         (["--demo", "--optim-arg", "num_iterations=5"], "sets num_iterations itself"),
         (["--demo", "--optimizer-d", "Lion", "--optim-arg-d", "eps=1e-8"], "Lion has no argument 'eps'"),
+        (["--demo", "--resume", "latest", "--override"], "no G_<step>.pth / D_<step>.pth pair"),
     ],
 )
 def test_bad_input_is_a_clear_error(argv, message, tmp_path, capsys):

@@ -171,6 +171,8 @@ def run_folder(args: argparse.Namespace) -> Path:
     if args.resume and args.resume != "latest":
         p = Path(args.resume)
         return p if p.is_dir() or not p.suffix else p.parent
+    if not (args.demo or args.data):
+        raise ValueError("--resume latest looks in --out: pass --out FOLDER, or the run folder itself: --resume FOLDER")
     return Path("runs") / ("demo" if args.demo else Path(args.data).resolve().name)
 
 

@@ -12,6 +12,11 @@ sheet, section 5), with any optimizer of the registry:
    (into the generator only), unscale, norm, step; one ``scaler.update()`` per iteration;
 4. log / evaluate / checkpoint on their intervals (rank 0), LR schedulers once per epoch.
 
+Steps 1-3 are :func:`train_step` (what the benchmark and any harness call too); the parts around
+it are :func:`setup_run` (data, models, optimizers, position: fresh or from a checkpoint),
+:func:`save_checkpoint`, :func:`evaluate`, :class:`RunLog` (CSV, TensorBoard, progress) and the loop
+itself, ``_train``, which reads top to bottom as step 4.
+
 What the optimizer needs beyond ``backward(); step()`` comes from its record's protocol through
 :class:`rvc_optim.driver.ProtocolDriver`: ``train()``/``eval()`` around evaluation and checkpoints,
 ``backward_kwargs()`` (a kept graph for curvature refreshes), ``step()`` (the refreshes themselves),
@@ -46,7 +51,9 @@ Host reads per iteration (each one waits for the device to finish the work queue
   writes) and, under fp16, one in each ``GradScaler.step`` (its found-inf check, unless the optimizer
   takes the scaler's state itself, as torch's fused ones do);
 * plus, every ``log_every`` steps, one for the logged averages, and whatever evaluation and
-  checkpoints read on their intervals.
+  checkpoints read on their intervals;
+* plus, under DDP when a stop can be requested (the CLI's SIGINT/SIGTERM handling), one all-reduce of
+  the stop flag per iteration, so that every rank saves the same step.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_sch
 from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "ResumeError", "Interrupted", "StopRequest", "train",
+           "StepParts", "StepResult", "train_step", "Run", "setup_run", "save_checkpoint", "evaluate", "RunLog",
            "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -356,7 +364,7 @@ def _seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# Entry point
 # --------------------------------------------------------------------------------------------------
 
 
@@ -376,12 +384,224 @@ def train(tc: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
             distributed.teardown()
 
 
-def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, stop: StopRequest | None) -> TrainResult:
+# --------------------------------------------------------------------------------------------------
+# One training iteration (the loop, the benchmark and any harness call this)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class StepParts:
+    """What one iteration needs: the models, their optimizers with protocol drivers, the GradScaler
+    (disabled outside fp16), the autocast dtype, the config. ``ddp_g`` / ``ddp_d`` are the models as
+    called for the forward passes (DDP wrappers, or the models themselves by default); the
+    generator step runs the plain ``net_d``."""
+
+    cfg: ModelConfig
+    net_g: nn.Module
+    net_d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    drv_g: ProtocolDriver
+    drv_d: ProtocolDriver
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    grad_clip: float | None = None
+    info: distributed.DistInfo = field(default_factory=distributed.DistInfo)
+    ddp_g: nn.Module | None = None
+    ddp_d: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        self.ddp_g = self.net_g if self.ddp_g is None else self.ddp_g
+        self.ddp_d = self.net_d if self.ddp_d is None else self.ddp_d
+        self.g_params = [p for p in self.net_g.parameters() if p.requires_grad]
+        self.d_params = [p for p in self.net_d.parameters() if p.requires_grad]
+        self.fork_devices = [self.device] if self.device.type == "cuda" else []
+
+    def amp(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    @property
+    def pairs(self) -> list[tuple[nn.Module, ProtocolDriver]]:
+        return [(self.net_g, self.drv_g), (self.net_d, self.drv_d)]
+
+
+class StepResult(NamedTuple):
+    """What one iteration did: whether each model stepped (False: non-finite loss or gradient,
+    skipped) and its losses and gradient norms as device tensors (reading them is a host sync)."""
+
+    ok_d: bool
+    ok_g: bool
+    loss_d: torch.Tensor
+    norm_d: torch.Tensor
+    norm_g: torch.Tensor
+    losses_g: dict[str, torch.Tensor]
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {"loss_d": self.loss_d, "grad_norm_d": self.norm_d, "grad_norm_g": self.norm_g, **self.losses_g}
+
+
+def train_step(p: StepParts, batch: Sequence[torch.Tensor]) -> StepResult:
+    """One iteration on ``batch`` (on the device), RVC's order, every optimizer call through its
+    protocol driver (closures where required, kept graphs for refreshes, the scaler under fp16)."""
+    rng_at_forward = torch.get_rng_state()  # for closures, which re-run the forward
+
+    # 1. generator forward
+    out = generator_forward(p.ddp_g, batch, p.cfg, p.amp)
+
+    # 2. discriminator step
+    y_d_hat_r, y_d_hat_g, _, _ = discriminator_pass(p.ddp_d, out.wave, out.y_hat.detach(), p.amp)
+    loss_d, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
+    p.opt_d.zero_grad(set_to_none=True)
+    p.scaler.scale(loss_d).backward(**p.drv_d.backward_kwargs())
+    p.scaler.unscale_(p.opt_d)
+    norm_d = grad_norm(p.d_params, p.grad_clip)
+    ok_d = _all_finite(loss_d, norm_d, p.info)  # one host sync
+    if ok_d:
+        def closure_d() -> torch.Tensor:
+            p.opt_d.zero_grad(set_to_none=True)
+            r, g, _, _ = discriminator_pass(p.ddp_d, out.wave, out.y_hat.detach(), p.amp)
+            loss = discriminator_loss(r, g)[0]
+            loss.backward()
+            grad_norm(p.d_params, p.grad_clip)
+            return loss
+
+        _step(p.drv_d, p.opt_d, p.scaler, closure_d)
+
+    # 3. generator step (the discriminator without its DDP wrapper: no D gradients wanted)
+    losses_g = generator_losses(p.net_d, out, p.cfg, p.amp)
+    p.opt_g.zero_grad(set_to_none=True)
+    p.scaler.scale(losses_g["loss_g"]).backward(inputs=p.g_params, **p.drv_g.backward_kwargs())
+    p.scaler.unscale_(p.opt_g)
+    norm_g = grad_norm(p.g_params, p.grad_clip)
+    ok_g = _all_finite(losses_g["loss_g"], norm_g, p.info)
+    if ok_g:
+        def closure_g() -> torch.Tensor:
+            p.opt_g.zero_grad(set_to_none=True)
+            with torch.random.fork_rng(devices=p.fork_devices):
+                torch.set_rng_state(rng_at_forward)
+                again = generator_forward(p.ddp_g, batch, p.cfg, p.amp)
+            loss = generator_losses(p.net_d, again, p.cfg, p.amp)["loss_g"]
+            loss.backward(inputs=p.g_params)
+            grad_norm(p.g_params, p.grad_clip)
+            return loss
+
+        _step(p.drv_g, p.opt_g, p.scaler, closure_g)
+    p.scaler.update()
+    return StepResult(ok_d, ok_g, loss_d, norm_d, norm_g, losses_g)
+
+
+def _step(driver: ProtocolDriver, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, closure) -> None:
+    """One optimizer step through the protocol driver: with a closure where the optimizer needs one,
+    through the GradScaler under fp16 (it skips the step itself if it found inf/NaN)."""
+    if driver.protocol.needs_closure:
+        driver.step(closure=closure)
+    elif scaler.is_enabled():
+        driver.step(step_fn=lambda: scaler.step(optimizer))
+    else:
+        driver.step()
+
+
+# --------------------------------------------------------------------------------------------------
+# Run setup and resume
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Run:
+    """A run set up to train: the step parts, the data, the position (``epoch`` 1-based, RVC's
+    "iteration"; ``finished`` batches of it; ``step`` optimizer steps) and the schedules."""
+
+    tc: TrainConfig
+    info: distributed.DistInfo
+    run_dir: Path
+    parts: StepParts
+    loader: Any
+    batches_per_epoch: int
+    total_steps: int
+    sched_g: Any
+    sched_d: Any
+    initial_lr: tuple[float, float]
+    resumed_from: Path | None
+    epoch: int = 1
+    finished: int = 0
+    step: int = 0
+    skipped_in_a_row: int = 0
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch - 1 + self.finished / self.batches_per_epoch
+
+
+def _resume_source(tc: TrainConfig, run_dir: Path, names: tuple[str, str]):
+    """``(ck_g, ck_d, g_path, d_path)`` of the checkpoint to resume (Nones for a fresh run); refuses another
+    optimizer without --reset-optimizer, and a fresh run over an old one."""
+    if not tc.resume:
+        if checkpoint_pairs(run_dir):
+            # A fresh run would mix its checkpoints with the old ones (and keep-last prunes by step).
+            found = ", ".join(p.name for _, p, _ in checkpoint_pairs(run_dir)[-2:])
+            raise ResumeError(
+                f"{run_dir} already holds checkpoints ({found}): pass --resume latest to continue that run, "
+                "or choose another --out"
+            )
+        return None, None, None, None
+    g_path, d_path = resolve_resume(tc.resume, run_dir)
+    ck_g, ck_d = load_checkpoint(g_path), load_checkpoint(d_path)
+    for ck, name, path, flag in ((ck_g, names[0], g_path, "--optimizer"), (ck_d, names[1], d_path, "--optimizer-d")):
+        saved = ck.get("optimizer_name", "AdamW")  # RVC's own checkpoints hold AdamW state
+        if saved != name and not tc.reset_optimizer:
+            raise ResumeError(
+                f"{path} was trained with {saved}, but this run asks for {name}. Pass {flag} {saved} "
+                f"to continue it, or --reset-optimizer to start {name} with fresh state from these weights."
+            )
+    return ck_g, ck_d, g_path, d_path
+
+
+def _restore_optimizers(run: Run, ck_g: dict, ck_d: dict, paths: tuple[Path, Path]) -> None:
+    """Optimizer, scheduler, driver and scaler state from the checkpoint (unless --reset-optimizer)."""
+    p, tc = run.parts, run.tc
+    if not tc.reset_optimizer:
+        for opt, ck, path in ((p.opt_g, ck_g, paths[0]), (p.opt_d, ck_d, paths[1])):
+            try:
+                opt.load_state_dict(ck.get("optimizer_groups", ck["optimizer"]))
+            except (ValueError, KeyError) as e:
+                # e.g. RVC's own checkpoints: one AdamW group, where ours split decay / no decay
+                raise ResumeError(
+                    f"{path}: its optimizer state does not fit this optimizer's parameter groups ({e}); "
+                    "pass --reset-optimizer to continue from its weights with fresh optimizer state"
+                ) from e
+        for sched, ck in ((run.sched_g, ck_g), (run.sched_d, ck_d)):
+            if sched is not None and ck.get("scheduler") is not None:
+                sched.load_state_dict(ck["scheduler"])
+        p.drv_g.steps_taken = int(ck_g.get("driver_steps", run.step))
+        p.drv_d.steps_taken = int(ck_d.get("driver_steps", run.step))
+    if p.scaler.is_enabled() and ck_g.get("scaler"):
+        p.scaler.load_state_dict(ck_g["scaler"])
+
+
+def _restore_or_seed_rng(run: Run, ck_g: dict | None) -> None:
+    """RNG for the model's own draws (slices, posterior noise, sine phases): per rank."""
+    info = run.info
+    saved_rng = ck_g.get("rng") if ck_g is not None else None
+    if saved_rng is not None and len(saved_rng) == info.world_size:
+        restore_rng(saved_rng[info.rank])
+        return
+    if saved_rng is not None and info.is_main:
+        warnings.warn(
+            f"the checkpoint holds RNG states of {len(saved_rng)} processes, this run has "
+            f"{info.world_size}: random draws are re-seeded, so the run continues, but not exactly",
+            RuntimeWarning,
+        )
+    _seed_everything(mix_seed(run.tc.seed, info.rank, run.step))
+
+
+def setup_run(tc: TrainConfig, info: distributed.DistInfo, device: torch.device) -> Run:
+    """Data, models, optimizers, schedulers and position: fresh, or as the checkpoint left them."""
     main = info.is_main
     run_dir = Path(tc.run_dir)
     if main:
-        for p in remove_orphaned_temp_files(run_dir):
-            print(f"removed {p}, left by an interrupted write", flush=True)
+        for path in remove_orphaned_temp_files(run_dir):
+            print(f"removed {path}, left by an interrupted write", flush=True)
 
     # ---- data and model config
     exp = find_experiment(tc.data)
@@ -394,25 +614,7 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
     # ---- what to resume from (read before anything is built: it decides epoch, position, weights)
     rec_g = optimizer_info(tc.optimizer)
     rec_d = optimizer_info(tc.optimizer_d or tc.optimizer)
-    ck_g = ck_d = None
-    g_path = d_path = None
-    if tc.resume:
-        g_path, d_path = resolve_resume(tc.resume, run_dir)
-        ck_g, ck_d = load_checkpoint(g_path), load_checkpoint(d_path)
-        for ck, rec, path, flag in ((ck_g, rec_g, g_path, "--optimizer"), (ck_d, rec_d, d_path, "--optimizer-d")):
-            saved = ck.get("optimizer_name", "AdamW")  # RVC's own checkpoints hold AdamW state
-            if saved != rec.name and not tc.reset_optimizer:
-                raise ResumeError(
-                    f"{path} was trained with {saved}, but this run asks for {rec.name}. Pass {flag} {saved} "
-                    f"to continue it, or --reset-optimizer to start {rec.name} with fresh state from these weights."
-                )
-    elif checkpoint_pairs(run_dir):
-        # A fresh run would mix its checkpoints with the old ones (and keep-last prunes by step).
-        found = ", ".join(p.name for _, p, _ in checkpoint_pairs(run_dir)[-2:])
-        raise ResumeError(
-            f"{run_dir} already holds checkpoints ({found}): pass --resume latest to continue that run, "
-            "or choose another --out"
-        )
+    ck_g, ck_d, g_path, d_path = _resume_source(tc, run_dir, (rec_g.name, rec_d.name))
 
     # ---- models (built from `seed` on every rank; DDP broadcasts rank 0's anyway)
     _seed_everything(tc.seed)
@@ -433,19 +635,17 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
 
     # ---- position: epoch (1-based, RVC's "iteration"), batches finished in it, optimizer steps
     epoch, finished, step, skipped_in_a_row = 1, 0, 0, 0
+    data_state = ck_g.get("data") if ck_g is not None else None
     if ck_g is not None:
         epoch = int(ck_g["iteration"])
-        data_state = ck_g.get("data")
         finished = int(data_state["finished_batches"]) if data_state else 0
         skipped_in_a_row = int(ck_g.get("skipped_in_a_row", 0))
     loader = make_dataloader(
         rows, cfg, tc.batch_size, tc.seed, epoch, tc.num_workers, info.rank, info.world_size, finished,
         pin_memory=device.type == "cuda",
     )
-    sampler = loader.batch_sampler
-    batches_per_epoch = sampler.batches_per_epoch
+    batches_per_epoch = loader.batch_sampler.batches_per_epoch
     if ck_g is not None:
-        data_state = ck_g.get("data")
         if data_state and int(data_state["batches_per_epoch"]) != batches_per_epoch:
             raise ResumeError(
                 f"the checkpoint saw {data_state['batches_per_epoch']} batches per epoch, this run makes "
@@ -468,13 +668,10 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
         rec_d.name, net_d, total_steps, lr=tc.lr, betas=tc.betas, eps=tc.eps, extra=args_d,
         who="discriminator", flag="--optim-arg-d",
     )
-    initial_lr_g = float(opt_g.param_groups[0].get("lr", 0.0))
-    initial_lr_d = float(opt_d.param_groups[0].get("lr", 0.0))
+    initial_lr = (float(opt_g.param_groups[0].get("lr", 0.0)), float(opt_d.param_groups[0].get("lr", 0.0)))
     if main:
         for who, drv in (("generator", drv_g), ("discriminator", drv_d)):
             print(f"{who} optimizer {drv.info.name}: {'; '.join(drv.protocol.lines())}", flush=True)
-    sched_g = build_scheduler(opt_g, drv_g, tc.lr_decay)
-    sched_d = build_scheduler(opt_d, drv_d, tc.lr_decay)
     use_scaler = tc.precision == "fp16"
     for drv in (drv_g, drv_d):
         if drv.protocol.needs_closure and use_scaler:
@@ -482,292 +679,262 @@ def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, st
                 f"{drv.info.name} needs a closure for step(), which GradScaler does not support: "
                 "use --precision bf16 or fp32"
             )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    parts = StepParts(
+        cfg, net_g, net_d, opt_g, opt_d, drv_g, drv_d, torch.amp.GradScaler(device.type, enabled=use_scaler),
+        device, _AMP_DTYPES[tc.precision], tc.grad_clip, info,
+    )
+    run = Run(
+        tc, info, run_dir, parts, loader, batches_per_epoch, total_steps,
+        build_scheduler(opt_g, drv_g, tc.lr_decay), build_scheduler(opt_d, drv_d, tc.lr_decay),
+        initial_lr, g_path, epoch, finished, step, skipped_in_a_row,
+    )
     if ck_g is not None:
-        if not tc.reset_optimizer:
-            for opt, ck, path in ((opt_g, ck_g, g_path), (opt_d, ck_d, d_path)):
-                try:
-                    opt.load_state_dict(ck.get("optimizer_groups", ck["optimizer"]))
-                except (ValueError, KeyError) as e:
-                    # e.g. RVC's own checkpoints: one AdamW group, where ours split decay / no decay
-                    raise ResumeError(
-                        f"{path}: its optimizer state does not fit this optimizer's parameter groups ({e}); "
-                        "pass --reset-optimizer to continue from its weights with fresh optimizer state"
-                    ) from e
-            for sched, ck in ((sched_g, ck_g), (sched_d, ck_d)):
-                if sched is not None and ck.get("scheduler") is not None:
-                    sched.load_state_dict(ck["scheduler"])
-            drv_g.steps_taken = int(ck_g.get("driver_steps", step))
-            drv_d.steps_taken = int(ck_d.get("driver_steps", step))
-        if use_scaler and ck_g.get("scaler"):
-            scaler.load_state_dict(ck_g["scaler"])
-    amp_dtype = _AMP_DTYPES[tc.precision]
-
-    def amp():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    # ---- RNG for the model's own draws (slices, posterior noise, sine phases): per rank
-    saved_rng = ck_g.get("rng") if ck_g is not None else None
-    if saved_rng is not None and len(saved_rng) == info.world_size:
-        restore_rng(saved_rng[info.rank])
-    else:
-        if saved_rng is not None and main:
-            warnings.warn(
-                f"the checkpoint holds RNG states of {len(saved_rng)} processes, this run has "
-                f"{info.world_size}: random draws are re-seeded, so the run continues, but not exactly",
-                RuntimeWarning,
-            )
-        _seed_everything(mix_seed(tc.seed, info.rank, step))
+        _restore_optimizers(run, ck_g, ck_d, (g_path, d_path))
+    _restore_or_seed_rng(run, ck_g)
 
     # ---- DDP (after the weights are loaded; the optimizers hold the same parameters)
-    ddp_g = distributed.wrap(net_g, device, info)
-    ddp_d = distributed.wrap(net_d, device, info)
-    g_params = [p for p in net_g.parameters() if p.requires_grad]
-    d_params = [p for p in net_d.parameters() if p.requires_grad]
-    pairs = [(net_g, drv_g), (net_d, drv_d)]
-    fork_devices = [device] if device.type == "cuda" else []
+    parts.ddp_g = distributed.wrap(net_g, device, info)
+    parts.ddp_d = distributed.wrap(net_d, device, info)
+    return run
 
-    # ---- logging (rank 0)
-    writer = csv_file = csv_writer = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: every check of the input has passed
-        _write_json(run_dir / "config.json", cfg.to_rvc_json({
-            "batch_size": tc.batch_size, "seed": tc.seed, "fp16_run": tc.precision == "fp16",
-            "precision": tc.precision, "steps": total_steps, "epochs": math.ceil(total_steps / batches_per_epoch),
-        }))
-        if tc.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if step else None)
-        csv_file, csv_writer = _open_csv_log(run_dir / "train_log.csv", step)
-    val_batch = [t.to(device) for t in collate([loader.dataset[0]])]
-    from tqdm.auto import tqdm
+# --------------------------------------------------------------------------------------------------
+# Checkpoints, evaluation, logging
+# --------------------------------------------------------------------------------------------------
 
-    bar = tqdm(total=total_steps, initial=step, disable=not (main and tc.progress), unit="step", dynamic_ncols=True)
 
-    def save_checkpoint() -> Path | None:
-        rng = distributed.gather_objects(capture_rng(), info)  # every rank takes part
-        if not main:
-            return None
-        opt_sd_g, opt_sd_d = opt_g.state_dict(), opt_d.state_dict()  # in training mode, with model_train
-        opt_of = {id(net_g): opt_g, id(net_d): opt_d}
-        common = {
-            "iteration": epoch,
-            "step": step,
-            "data": {"epoch": epoch, "finished_batches": finished, "seed": tc.seed,
-                     "batches_per_epoch": batches_per_epoch},
-            "skipped_in_a_row": skipped_in_a_row,
-            "scaler": scaler.state_dict() if use_scaler else None,
-            "config": cfg.to_dict(),
-            "train_config": _plain(asdict(tc)),
-        }
-        with evaluation_weights(pairs) as train_sds:
-            for net, opt_sd, drv, sched, lr0, prefix in (
-                (net_g, opt_sd_g, drv_g, sched_g, initial_lr_g, "G"),
-                (net_d, opt_sd_d, drv_d, sched_d, initial_lr_d, "D"),
-            ):
-                rvc_sd = rvc_optimizer_state(opt_of[id(net)], net)
-                ckpt = {
-                    "model": to_legacy_state_dict(net.state_dict()),
-                    # RVC's trainer loads "optimizer" into its one-group AdamW: that layout where it
-                    # exists, ours (the registry's groups) beside it
-                    "optimizer": opt_sd if rvc_sd is None else rvc_sd,
-                    **({} if rvc_sd is None else {"optimizer_groups": opt_sd}),
-                    "learning_rate": lr0,
-                    "optimizer_name": drv.info.name,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "driver_steps": drv.steps_taken,
-                    **common,
-                }
-                if id(net) in train_sds:
-                    ckpt["model_train"] = to_legacy_state_dict(train_sds[id(net)])
-                if prefix == "G":
-                    ckpt["rng"] = rng
-                atomic_save(ckpt, run_dir / f"{prefix}_{step}.pth")
-        prune_checkpoints(run_dir, tc.keep_last)
-        return run_dir / f"G_{step}.pth"
+def save_checkpoint(run: Run) -> Path | None:
+    """``G_<step>.pth`` / ``D_<step>.pth`` (rank 0; every rank must call: the RNG states are gathered)."""
+    p, tc = run.parts, run.tc
+    rng = distributed.gather_objects(capture_rng(), run.info)  # every rank takes part
+    if not run.info.is_main:
+        return None
+    common = {
+        "iteration": run.epoch,
+        "step": run.step,
+        "data": {"epoch": run.epoch, "finished_batches": run.finished, "seed": tc.seed,
+                 "batches_per_epoch": run.batches_per_epoch},
+        "skipped_in_a_row": run.skipped_in_a_row,
+        "scaler": p.scaler.state_dict() if p.scaler.is_enabled() else None,
+        "config": p.cfg.to_dict(),
+        "train_config": _plain(asdict(tc)),
+    }
+    sides = ((p.net_g, p.opt_g, p.drv_g, run.sched_g, run.initial_lr[0], "G"),
+             (p.net_d, p.opt_d, p.drv_d, run.sched_d, run.initial_lr[1], "D"))
+    opt_sds = [opt.state_dict() for _, opt, *_ in sides]  # in training mode, with model_train
+    rvc_sds = [rvc_optimizer_state(opt, net) for net, opt, *_ in sides]
+    with evaluation_weights(p.pairs) as train_sds:
+        for (net, _opt, drv, sched, lr0, prefix), opt_sd, rvc_sd in zip(sides, opt_sds, rvc_sds):
+            ckpt = {
+                "model": to_legacy_state_dict(net.state_dict()),
+                # RVC's trainer loads "optimizer" into its one-group AdamW: that layout where it
+                # exists, ours (the registry's groups) beside it
+                "optimizer": opt_sd if rvc_sd is None else rvc_sd,
+                **({} if rvc_sd is None else {"optimizer_groups": opt_sd}),
+                "learning_rate": lr0,
+                "optimizer_name": drv.info.name,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "driver_steps": drv.steps_taken,
+                **common,
+            }
+            if id(net) in train_sds:
+                ckpt["model_train"] = to_legacy_state_dict(train_sds[id(net)])
+            if prefix == "G":
+                ckpt["rng"] = rng
+            atomic_save(ckpt, run.run_dir / f"{prefix}_{run.step}.pth")
+    prune_checkpoints(run.run_dir, tc.keep_last)
+    return run.run_dir / f"G_{run.step}.pth"
 
-    def evaluate() -> None:
-        with torch.no_grad(), evaluation_weights(pairs), torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(tc.seed)  # the same prior sample every time
-            net_g.eval()
-            phone, phone_lengths, pitch, pitchf, spec, *_rest, sid = val_batch
-            o = net_g.infer(phone, phone_lengths, pitch, pitchf, sid)[0]
-            gen = mel_spectrogram(o.float().squeeze(1), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
-                                  cfg.hop_length, cfg.win_length, cfg.mel_fmin, cfg.mel_fmax)[0]
-            ref = spec_to_mel(spec.float(), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
-                              cfg.mel_fmin, cfg.mel_fmax)[0]
-            n = min(gen.shape[-1], ref.shape[-1])
-            val_l1 = F.l1_loss(gen[:, :n], ref[:, :n]).item()
-            net_g.train()
-        if writer is not None:
-            writer.add_scalar("val/mel_l1", val_l1, step)
-            writer.add_image("val/mel_generated", _mel_image(gen), step, dataformats="CHW")
-            writer.add_image("val/mel_reference", _mel_image(ref), step, dataformats="CHW")
-        bar.write(f"step {step}: validation mel L1 {val_l1:.4f}")
 
-    # ---- training
-    history: list[dict[str, float]] = []
-    sums = {k: torch.zeros((), device=device) for k in _LOG_KEYS}
-    n_logged = skipped_total = 0
-    window_start = time.perf_counter()
-    run_start, run_start_step = window_start, step
-    last_ckpt: Path | None = g_path
-    last_saved_step = step if ck_g is not None else -1
-    net_g.train()
-    net_d.train()
-    drv_g.train()
-    drv_d.train()
+class RunLog:
+    """Rank 0's logs: ``config.json``, ``train_log.csv`` (cut at the resume step), TensorBoard (purged
+    from it), the progress bar, and the running sums of the logged values (device tensors: read only
+    on logging steps)."""
+
+    def __init__(self, run: Run) -> None:
+        tc, main = run.tc, run.info.is_main
+        self.run = run
+        self.history: list[dict[str, float]] = []
+        self.skipped_total = 0
+        self.writer = self.csv_file = self.csv_writer = None
+        if main:
+            run.run_dir.mkdir(parents=True, exist_ok=True)  # only now: every check of the input has passed
+            _write_json(run.run_dir / "config.json", run.parts.cfg.to_rvc_json({
+                "batch_size": tc.batch_size, "seed": tc.seed, "fp16_run": tc.precision == "fp16",
+                "precision": tc.precision, "steps": run.total_steps,
+                "epochs": math.ceil(run.total_steps / run.batches_per_epoch),
+            }))
+            if tc.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=run.step or None)
+            self.csv_file, self.csv_writer = _open_csv_log(run.run_dir / "train_log.csv", run.step)
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=run.total_steps, initial=run.step, disable=not (main and tc.progress), unit="step",
+                        dynamic_ncols=True)
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.sums = {k: torch.zeros((), device=self.run.parts.device) for k in _LOG_KEYS}
+        self.n_logged, self.window_start = 0, time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        for k, v in result.logged().items():
+            self.sums[k] += v.detach().float()
+        self.n_logged += 1
+
+    def due(self) -> bool:
+        run = self.run
+        every = run.tc.log_every
+        return run.info.is_main and bool(every) and self.n_logged > 0 and (
+            run.step % every == 0 or run.step == run.total_steps)
+
+    def write(self) -> None:
+        """One row: averages over the window (the log's host sync), the applied step sizes."""
+        run, p = self.run, self.run.parts
+        now = time.perf_counter()
+        values = torch.stack([self.sums[k] for k in _LOG_KEYS]).div(self.n_logged).tolist()  # the log's sync
+        row = {"step": run.step, "epoch": run.epoch, **applied_lr(p.opt_g, p.drv_g, "_g"),
+               **applied_lr(p.opt_d, p.drv_d, "_d"), **dict(zip(_LOG_KEYS, values)),
+               "skipped": self.skipped_total, "sec_per_step": (now - self.window_start) / max(1, self.n_logged)}
+        self.history.append(row)
+        self.csv_writer.writerow(row)
+        self.csv_file.flush()
+        if self.writer is not None:
+            for k in ("lr_g", "lr_d", "d_g", "d_d", *_LOG_KEYS, "sec_per_step"):
+                if row.get(k) is not None:
+                    self.writer.add_scalar(f"train/{k}", row[k], run.step)
+            if p.scaler.is_enabled():
+                self.writer.add_scalar("train/grad_scale", p.scaler.get_scale(), run.step)
+        self.bar.set_postfix(loss_g=f"{row['loss_g']:.3f}", mel=f"{row['loss_mel']:.3f}",
+                             loss_d=f"{row['loss_d']:.3f}", s_step=f"{row['sec_per_step']:.2f}")
+        self._reset_window()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.csv_file is not None:
+            self.csv_file.close()
+
+
+def evaluate(run: Run, log: RunLog, val_batch: Sequence[torch.Tensor]) -> None:
+    """Synthesise the validation item at the evaluation weights; log its mel L1 and mel images."""
+    p, cfg = run.parts, run.parts.cfg
+    with torch.no_grad(), evaluation_weights(p.pairs), torch.random.fork_rng(devices=p.fork_devices):
+        torch.manual_seed(run.tc.seed)  # the same prior sample every time
+        p.net_g.eval()
+        phone, phone_lengths, pitch, pitchf, spec, *_rest, sid = val_batch
+        o = p.net_g.infer(phone, phone_lengths, pitch, pitchf, sid)[0]
+        gen = mel_spectrogram(o.float().squeeze(1), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
+                              cfg.hop_length, cfg.win_length, cfg.mel_fmin, cfg.mel_fmax)[0]
+        ref = spec_to_mel(spec.float(), cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate,
+                          cfg.mel_fmin, cfg.mel_fmax)[0]
+        n = min(gen.shape[-1], ref.shape[-1])
+        val_l1 = F.l1_loss(gen[:, :n], ref[:, :n]).item()
+        p.net_g.train()
+    if log.writer is not None:
+        log.writer.add_scalar("val/mel_l1", val_l1, run.step)
+        log.writer.add_image("val/mel_generated", _mel_image(gen), run.step, dataformats="CHW")
+        log.writer.add_image("val/mel_reference", _mel_image(ref), run.step, dataformats="CHW")
+    log.bar.write(f"step {run.step}: validation mel L1 {val_l1:.4f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _train(tc: TrainConfig, info: distributed.DistInfo, device: torch.device, stop: StopRequest | None) -> TrainResult:
+    run = setup_run(tc, info, device)
+    p, main = run.parts, info.is_main
+    log = RunLog(run)
+    val_batch = [t.to(device) for t in collate([run.loader.dataset[0]])]
+    run_start, run_start_step = time.perf_counter(), run.step
+    last_ckpt: Path | None = run.resumed_from
+    last_saved_step = run.step if run.resumed_from is not None else -1
+    p.net_g.train()
+    p.net_d.train()
+    p.drv_g.train()
+    p.drv_d.train()
     if stop is not None:
         stop.armed = True  # from here a signal saves the current step instead of interrupting
+    sampler = run.loader.batch_sampler
     try:
-        while step < total_steps:
-            sampler.set_epoch(epoch)  # same epoch as the loader was built for: keeps the position
-            loader.generator.manual_seed(mix_seed(tc.seed, epoch))
-            for batch in loader:
-                batch = [t.to(device, non_blocking=True) for t in batch]
-                rng_at_forward = torch.get_rng_state()  # for closures, which re-run the forward
+        while run.step < run.total_steps:
+            sampler.set_epoch(run.epoch)  # same epoch as the loader was built for: keeps the position
+            run.loader.generator.manual_seed(mix_seed(tc.seed, run.epoch))
+            for batch in run.loader:
+                result = train_step(p, [t.to(device, non_blocking=True) for t in batch])
+                run.step += 1
+                run.finished += 1
+                log.bar.update(1)
+                _count_skips(run, log, result, last_ckpt)
 
-                # 1. generator forward
-                out = generator_forward(ddp_g, batch, cfg, amp)
-
-                # 2. discriminator step
-                y_d_hat_r, y_d_hat_g, _, _ = discriminator_pass(ddp_d, out.wave, out.y_hat.detach(), amp)
-                loss_d, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
-                opt_d.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward(**drv_d.backward_kwargs())
-                scaler.unscale_(opt_d)
-                norm_d = grad_norm(d_params, tc.grad_clip)
-                ok_d = _all_finite(loss_d, norm_d, info)  # one host sync
-                if ok_d:
-                    def closure_d() -> torch.Tensor:
-                        opt_d.zero_grad(set_to_none=True)
-                        r, g, _, _ = discriminator_pass(ddp_d, out.wave, out.y_hat.detach(), amp)
-                        loss = discriminator_loss(r, g)[0]
-                        loss.backward()
-                        grad_norm(d_params, tc.grad_clip)
-                        return loss
-
-                    _step(drv_d, opt_d, scaler, closure_d)
-
-                # 3. generator step (the discriminator without its DDP wrapper: no D gradients wanted)
-                losses_g = generator_losses(net_d, out, cfg, amp)
-                opt_g.zero_grad(set_to_none=True)
-                scaler.scale(losses_g["loss_g"]).backward(inputs=g_params, **drv_g.backward_kwargs())
-                scaler.unscale_(opt_g)
-                norm_g = grad_norm(g_params, tc.grad_clip)
-                ok_g = _all_finite(losses_g["loss_g"], norm_g, info)
-                if ok_g:
-                    def closure_g() -> torch.Tensor:
-                        opt_g.zero_grad(set_to_none=True)
-                        with torch.random.fork_rng(devices=fork_devices):
-                            torch.set_rng_state(rng_at_forward)
-                            again = generator_forward(ddp_g, batch, cfg, amp)
-                        loss = generator_losses(net_d, again, cfg, amp)["loss_g"]
-                        loss.backward(inputs=g_params)
-                        grad_norm(g_params, tc.grad_clip)
-                        return loss
-
-                    _step(drv_g, opt_g, scaler, closure_g)
-                scaler.update()
-                step += 1
-                finished += 1
-                bar.update(1)
-
-                # skipped steps: warn, count, stop after max_skipped in a row
-                if ok_d and ok_g:
-                    skipped_in_a_row = 0
-                    logged = {"loss_d": loss_d, "grad_norm_d": norm_d, "grad_norm_g": norm_g, **losses_g}
-                    for k, v in logged.items():
-                        sums[k] += v.detach().float()
-                    n_logged += 1
-                else:
-                    skipped_in_a_row += 1
-                    skipped_total += 1
-                    which = " and ".join(n for n, ok in (("discriminator", ok_d), ("generator", ok_g)) if not ok)
-                    if main:
-                        warnings.warn(
-                            f"step {step}: non-finite loss or gradient in the {which}; step skipped "
-                            f"({skipped_in_a_row} in a row, stopping at {tc.max_skipped})",
-                            RuntimeWarning,
-                        )
-                    if skipped_in_a_row >= tc.max_skipped:
-                        raise TrainingStopped(
-                            f"training stopped at step {step}: {skipped_in_a_row} consecutive steps had a "
-                            f"non-finite loss or gradient. The last checkpoint ({_describe(last_ckpt, run_dir)}) is "
-                            "intact. Try a lower --lr, --grad-clip 1.0, or --precision fp32."
-                        )
-
-                # 4. log, evaluate, save
-                if main and tc.log_every and (step % tc.log_every == 0 or step == total_steps) and n_logged:
-                    now = time.perf_counter()
-                    values = torch.stack([sums[k] for k in _LOG_KEYS]).div(n_logged).tolist()  # the log's sync
-                    row = {"step": step, "epoch": epoch, **applied_lr(opt_g, drv_g, "_g"),
-                           **applied_lr(opt_d, drv_d, "_d"), **dict(zip(_LOG_KEYS, values)),
-                           "skipped": skipped_total, "sec_per_step": (now - window_start) / max(1, n_logged)}
-                    history.append(row)
-                    csv_writer.writerow(row)
-                    csv_file.flush()
-                    if writer is not None:
-                        for k in ("lr_g", "lr_d", "d_g", "d_d", *_LOG_KEYS, "sec_per_step"):
-                            if row.get(k) is not None:
-                                writer.add_scalar(f"train/{k}", row[k], step)
-                        if use_scaler:
-                            writer.add_scalar("train/grad_scale", scaler.get_scale(), step)
-                    bar.set_postfix(loss_g=f"{row['loss_g']:.3f}", mel=f"{row['loss_mel']:.3f}",
-                                    loss_d=f"{row['loss_d']:.3f}", s_step=f"{row['sec_per_step']:.2f}")
-                    sums = {k: torch.zeros((), device=device) for k in _LOG_KEYS}
-                    n_logged, window_start = 0, now
-                if main and tc.eval_every and step % tc.eval_every == 0:
-                    evaluate()
-                if tc.save_every and step % tc.save_every == 0:
-                    last_ckpt = save_checkpoint() or last_ckpt
-                    last_saved_step = step
+                # log, evaluate, save; stop on a signal
+                if log.due():
+                    log.write()
+                if main and tc.eval_every and run.step % tc.eval_every == 0:
+                    evaluate(run, log, val_batch)
+                if tc.save_every and run.step % tc.save_every == 0:
+                    last_ckpt = save_checkpoint(run) or last_ckpt
+                    last_saved_step = run.step
                 if stop is not None and _stop_requested(stop, info, device):
-                    if last_saved_step != step:
-                        last_ckpt = save_checkpoint() or last_ckpt
-                    raise Interrupted(step, last_ckpt if main else None, run_dir, stop.signum or signal.SIGTERM)
-                if step >= total_steps:
+                    if last_saved_step != run.step:
+                        last_ckpt = save_checkpoint(run) or last_ckpt
+                    raise Interrupted(run.step, last_ckpt if main else None, run.run_dir,
+                                      stop.signum or signal.SIGTERM)
+                if run.step >= run.total_steps:
                     break
-            if finished >= batches_per_epoch:  # end of the epoch: RVC's schedulers step once per epoch
-                for sched in (sched_g, sched_d):
+            if run.finished >= run.batches_per_epoch:  # end of the epoch: RVC's schedulers step once per epoch
+                for sched in (run.sched_g, run.sched_d):
                     if sched is not None:
                         sched.step()
-                epoch += 1
-                finished = 0
+                run.epoch += 1
+                run.finished = 0
 
         # ---- the end: a final checkpoint (unless just written) and the small model for inference
-        if last_saved_step != step:
-            last_ckpt = save_checkpoint() or last_ckpt
+        if last_saved_step != run.step:
+            last_ckpt = save_checkpoint(run) or last_ckpt
         export_path = None
         if main:
-            export_path = run_dir / f"{tc.export_name or run_dir.name}.pth"
-            with evaluation_weights(pairs):
-                export_small_model(net_g, cfg, export_path, max(1, epoch - 1 if finished == 0 else epoch))
+            export_path = run.run_dir / f"{tc.export_name or run.run_dir.name}.pth"
+            with evaluation_weights(p.pairs):
+                export_small_model(p.net_g, p.cfg, export_path,
+                                   max(1, run.epoch - 1 if run.finished == 0 else run.epoch))
         distributed.barrier(info)
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if csv_file is not None:
-            csv_file.close()
+        log.close()
     elapsed = time.perf_counter() - run_start
     return TrainResult(
-        step=step, epoch=epoch, epochs_done=epoch - 1 + finished / batches_per_epoch, run_dir=run_dir,
-        checkpoint=last_ckpt, export=export_path, history=history, skipped_steps=skipped_total,
-        seconds_per_step=elapsed / max(1, step - run_start_step),
+        step=run.step, epoch=run.epoch, epochs_done=run.epochs_done, run_dir=run.run_dir,
+        checkpoint=last_ckpt, export=export_path, history=log.history, skipped_steps=log.skipped_total,
+        seconds_per_step=elapsed / max(1, run.step - run_start_step),
     )
 
 
-def _step(driver: ProtocolDriver, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, closure) -> None:
-    """One optimizer step through the protocol driver: with a closure where the optimizer needs one,
-    through the GradScaler under fp16 (it skips the step itself if it found inf/NaN)."""
-    if driver.protocol.needs_closure:
-        driver.step(closure=closure)
-    elif scaler.is_enabled():
-        driver.step(step_fn=lambda: scaler.step(optimizer))
-    else:
-        driver.step()
+def _count_skips(run: Run, log: RunLog, result: StepResult, last_ckpt: Path | None) -> None:
+    """Add a good step to the log's sums; warn about a skipped one and stop after max_skipped in a row."""
+    if result.ok_d and result.ok_g:
+        run.skipped_in_a_row = 0
+        log.add(result)
+        return
+    run.skipped_in_a_row += 1
+    log.skipped_total += 1
+    which = " and ".join(n for n, ok in (("discriminator", result.ok_d), ("generator", result.ok_g)) if not ok)
+    if run.info.is_main:
+        warnings.warn(
+            f"step {run.step}: non-finite loss or gradient in the {which}; step skipped "
+            f"({run.skipped_in_a_row} in a row, stopping at {run.tc.max_skipped})",
+            RuntimeWarning,
+        )
+    if run.skipped_in_a_row >= run.tc.max_skipped:
+        raise TrainingStopped(
+            f"training stopped at step {run.step}: {run.skipped_in_a_row} consecutive steps had a "
+            f"non-finite loss or gradient. The last checkpoint ({_describe(last_ckpt, run.run_dir)}) is "
+            "intact. Try a lower --lr, --grad-clip 1.0, or --precision fp32."
+        )
 
 
 def _all_finite(loss: torch.Tensor, norm: torch.Tensor, info: distributed.DistInfo) -> bool:

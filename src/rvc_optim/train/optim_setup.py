@@ -114,9 +114,11 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_type(record: OptimizerInfo, key: str, value: Any, default: Any, flag: str) -> None:
-    """A value of the wrong kind for ``key`` (judged by the constructor's default or, where that is
-    None, the record's recommendation) raises :class:`OptimArgError` naming the argument."""
-    like = default if default is not inspect.Parameter.empty and default is not None else record.recommended.get(key)
+    """A value of the wrong kind for ``key`` (judged by the record's recommendation or, where it has
+    none, the constructor's default) raises :class:`OptimArgError` naming the argument."""
+    like = record.recommended.get(key)
+    if like is None and default is not inspect.Parameter.empty:
+        like = default
     if _is_number(like) and not _is_number(value):
         raise OptimArgError(f"{flag} {key}={value!r}: {record.name}'s {key} takes a number (like {like!r})")
     if isinstance(like, bool) and not isinstance(value, bool):
@@ -142,7 +144,7 @@ def check_betas(record: OptimizerInfo, betas: tuple[float, ...]) -> None:
     param = constructor_parameters(record.cls).get("betas")
     if param is None:
         raise OptimArgError(f"--betas: {record.name} takes no betas")
-    like = param.default if isinstance(param.default, (tuple, list)) else record.recommended.get("betas")
+    like = record.recommended.get("betas") or param.default
     if isinstance(like, (tuple, list)) and len(like) != len(betas):
         shown = ",".join(f"{b:g}" for b in betas)
         raise OptimArgError(
