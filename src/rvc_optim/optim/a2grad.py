@@ -131,7 +131,8 @@ class A2Grad(Optimizer):
         rho: smoothing of the exponential variant's average of ||delta||^2 (default 0.5).
         variant: 'uni' (uniform sum), 'inc' (incremental weights) or 'exp' (exponential average with a
             running maximum) (default 'uni').
-        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``).
+        (No ``compiled`` argument: the step index k shapes its Python arithmetic and branches, so a compiled update would be rebuilt every step;
+        its per-tensor reductions keep it on whole tensors anyway.)
 
     State per parameter: ``avg_grad`` and ``x_k`` (the size of the parameter), ``v_k`` (and ``v_kk`` for
     'exp') as 0-d tensors. The group keeps ``step`` (k + 1 after a step).
@@ -155,8 +156,6 @@ class A2Grad(Optimizer):
         lips: float = 10.0,
         rho: float = 0.5,
         variant: Literal["uni", "inc", "exp"] = "uni",
-        *,
-        compiled: bool | None = None,
     ) -> None:
         check_nonnegative(beta, "beta")
         check_positive(lips, "lips")
@@ -164,7 +163,7 @@ class A2Grad(Optimizer):
             raise ValueError(f"Invalid rho value: {rho} (must be in [0, 1])")
         _check_variant(variant)
         super().__init__(params, dict(beta=beta, lips=lips, rho=rho, variant=variant))
-        self._update = UpdateFunction(a2grad_update, compiled, elementwise=False)
+        self._update = UpdateFunction(a2grad_update, compiled=False, elementwise=False)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -129,7 +129,8 @@ class Apollo(Optimizer):
         weight_decay_type: 'L2' (added to the gradient), 'decoupled' (added to the update) or 'stable'
             (added to the update divided by mean(D)); None: 'L2' with the constant rebound, 'decoupled'
             with belief (default None).
-        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``).
+        (No ``compiled`` argument: the warm-up rate and the bias correction are host floats that change every step, so a compiled update would be rebuilt every step;
+        its per-tensor reductions keep it on whole tensors anyway.)
 
     State per parameter: ``exp_avg_grad`` (m), ``approx_hessian`` (B), ``update`` (d). The group keeps
     ``step`` and ``base_lr``.
@@ -159,8 +160,6 @@ class Apollo(Optimizer):
         init_lr: float | None = None,
         weight_decay: float = 0.0,
         weight_decay_type: str | None = None,
-        *,
-        compiled: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_momentum(beta, "beta")
@@ -172,7 +171,7 @@ class Apollo(Optimizer):
         defaults = dict(lr=lr, beta=beta, eps=eps, rebound=rebound, warmup=warmup, init_lr=init_lr,
                         weight_decay=weight_decay, weight_decay_type=weight_decay_type)
         super().__init__(params, defaults)
-        self._update = UpdateFunction(apollo_update, compiled, elementwise=False)
+        self._update = UpdateFunction(apollo_update, compiled=False, elementwise=False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
