@@ -16,14 +16,13 @@ the project's 1e-9.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from torch_optimizer import A2GradExp, A2GradInc, A2GradUni
 
 from rvc_optim.optim.a2grad import A2Grad
 from tests.optim.parity import batches, make_model, run_parity, two_groups
+from tests.optim.test_apollo_parity import import_pytorch_optimizer
 
 REFERENCES = {"uni": A2GradUni, "inc": A2GradInc, "exp": A2GradExp}
 # Two groups with different Lipschitz guesses and betas (A2Grad has no lr and no weight decay).
@@ -105,23 +104,11 @@ def test_first_step_is_gradient_over_2l():
     torch.testing.assert_close(p.detach(), torch.tensor([0.9, -2.05], dtype=torch.float64), rtol=1e-15, atol=0)
 
 
-def _pytorch_optimizer_a2grad():
-    """pytorch_optimizer imports transformers when installed; hide it for the import (see the Adan test)."""
-    saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] == "transformers"}
-    sys.modules["transformers"] = None
-    try:
-        from pytorch_optimizer import A2Grad as PortA2Grad
-    finally:
-        del sys.modules["transformers"]
-        sys.modules.update(saved)
-    return PortA2Grad
-
-
 @pytest.mark.parametrize("variant", ["uni", "inc", "exp"])
 def test_the_ports_disagree(variant):
     """Why one port is chosen: after one step the two ports already differ (pytorch_optimizer uses
     gamma = 2L/(k+2) and a' = 2/(k+4)); ours follows torch-optimizer and the paper's indexing."""
-    port = _pytorch_optimizer_a2grad()
+    port = import_pytorch_optimizer("A2Grad")
     ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(2)]
     opts = [A2Grad([ps[0]], variant=variant), port([ps[1]], variant=variant)]
     for p, opt in zip(ps, opts):

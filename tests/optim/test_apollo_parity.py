@@ -13,6 +13,7 @@ states to the project's 1e-9.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pytest
@@ -22,19 +23,25 @@ from rvc_optim.optim.apollo import Apollo
 from tests.optim.parity import batches, make_model, run_parity, two_groups
 
 
-def _import_reference():
-    """pytorch_optimizer imports transformers when installed; hide it for the import (see the Adan test)."""
+def import_pytorch_optimizer(name: str):
+    """A class from pytorch_optimizer, which imports transformers whenever it is installed: where that
+    import fails (transformers installed without its dependencies), retry with transformers hidden for
+    the duration of the import, as the Adan test does."""
+    try:
+        return getattr(importlib.import_module("pytorch_optimizer"), name)
+    except ImportError:
+        for module in [m for m in sys.modules if m.split(".")[0] == "pytorch_optimizer"]:
+            del sys.modules[module]
     saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] == "transformers"}
     sys.modules["transformers"] = None
     try:
-        from pytorch_optimizer import ApolloDQN
+        return getattr(importlib.import_module("pytorch_optimizer"), name)
     finally:
         del sys.modules["transformers"]
         sys.modules.update(saved)
-    return ApolloDQN
 
 
-ApolloDQN = _import_reference()
+ApolloDQN = import_pytorch_optimizer("ApolloDQN")
 STATE_KEYS = {"exp_avg_grad": "exp_avg_grad", "approx_hessian": "approx_hessian", "update": "update"}
 GROUPS = [{"lr": 1e-2, "weight_decay": 1e-3}, {"lr": 4e-3, "weight_decay": 0.0}]
 CONFIGS = [(rebound, kind) for rebound in ("constant", "belief") for kind in ("L2", "decoupled", "stable")]
