@@ -33,7 +33,7 @@ STATE_KEYS = {"avg_grad": "avg_grad", "x_k": "x_k", "v_k": "v_k", "v_kk": "v_kk"
 @pytest.mark.parametrize("variant", ["uni", "inc", "exp"])
 def test_parity_with_torch_optimizer(variant):
     ours, ref, _, _ = run_parity(
-        lambda groups: A2Grad(groups, variant=variant, compiled=False),
+        lambda groups: A2Grad(groups, variant=variant),
         lambda groups: REFERENCES[variant](groups),
         GROUPS,
         STATE_KEYS,
@@ -81,7 +81,7 @@ class A2GradEquations:
 @pytest.mark.parametrize("variant", ["uni", "inc", "exp"])
 def test_matches_the_papers_equations(variant):
     ours_model, eq_model = make_model(), make_model()
-    ours = A2Grad(two_groups(ours_model, GROUPS), variant=variant, compiled=False)
+    ours = A2Grad(two_groups(ours_model, GROUPS), variant=variant)
     eq = A2GradEquations(two_groups(eq_model, GROUPS), variant)
     for step, (tokens, target) in enumerate(batches(60), start=1):
         for model in (ours_model, eq_model):

@@ -51,7 +51,7 @@ CONFIGS = [(rebound, kind) for rebound in ("constant", "belief") for kind in ("L
 def test_parity_with_apollo_dqn(rebound, kind):
     ours, ref, _, _ = run_parity(
         lambda groups: Apollo(groups, lr=1e-2, rebound=rebound, warmup=0, init_lr=1e-5,
-                              weight_decay_type=kind, compiled=False),
+                              weight_decay_type=kind),
         lambda groups: ApolloDQN(groups, lr=1e-2, rebound=rebound, warmup_steps=0, init_lr=1e-5,
                                  weight_decay_type=kind.lower()),
         GROUPS,
@@ -96,7 +96,7 @@ class ApolloEquations:
 
 def test_warmup_matches_the_authors_formula_per_group():
     ours_model, eq_model = make_model(), make_model()
-    ours = Apollo(two_groups(ours_model, GROUPS), lr=1e-2, warmup=10, init_lr=1e-5, compiled=False)
+    ours = Apollo(two_groups(ours_model, GROUPS), lr=1e-2, warmup=10, init_lr=1e-5)
     eq = ApolloEquations(two_groups(eq_model, GROUPS), warmup=10, init_lr=1e-5)
     for step, (tokens, target) in enumerate(batches(30), start=1):
         for model in (ours_model, eq_model):
