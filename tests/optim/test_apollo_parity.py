@@ -94,11 +94,12 @@ class ApolloEquations:
         self.rates.append(rates)
 
 
-def test_warmup_matches_the_authors_formula_per_group():
+def against_equations(make_ours, make_equations, groups, steps):
+    """Train the parity model with ours and with an equations object side by side (each computing its
+    own gradients), comparing the parameters after every step to rtol 1e-9; returns both and the models."""
     ours_model, eq_model = make_model(), make_model()
-    ours = Apollo(two_groups(ours_model, GROUPS), lr=1e-2, warmup=10, init_lr=1e-5)
-    eq = ApolloEquations(two_groups(eq_model, GROUPS), warmup=10, init_lr=1e-5)
-    for step, (tokens, target) in enumerate(batches(30), start=1):
+    ours, eq = make_ours(two_groups(ours_model, groups)), make_equations(two_groups(eq_model, groups))
+    for step, (tokens, target) in enumerate(batches(steps), start=1):
         for model in (ours_model, eq_model):
             model.zero_grad()
             torch.mean((model(tokens) - target) ** 2).backward()
@@ -106,6 +107,12 @@ def test_warmup_matches_the_authors_formula_per_group():
         eq.step()
         for (name, p), q in zip(ours_model.named_parameters(), eq_model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-9, atol=0.0, msg=lambda m: f"step {step}, {name}: {m}")
+    return ours, eq, ours_model, eq_model
+
+
+def test_warmup_matches_the_authors_formula_per_group():
+    _, eq, _, _ = against_equations(lambda groups: Apollo(groups, lr=1e-2, warmup=10, init_lr=1e-5),
+                                    lambda groups: ApolloEquations(groups, warmup=10, init_lr=1e-5), GROUPS, 30)
     assert eq.rates[0] == [1e-5, 1e-5] and eq.rates[-1] == [1e-2, 4e-3]
     assert eq.rates[5][1] == pytest.approx(1e-5 + (4e-3 - 1e-5) * 5 / 10)
 
