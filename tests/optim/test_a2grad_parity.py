@@ -16,14 +16,13 @@ the project's 1e-9.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from torch_optimizer import A2GradExp, A2GradInc, A2GradUni
 
 from rvc_optim.optim.a2grad import A2Grad
-from tests.optim.parity import batches, make_model, run_parity, two_groups
+from tests.optim.parity import run_parity
+from tests.optim.test_apollo_parity import against_equations, import_pytorch_optimizer
 
 REFERENCES = {"uni": A2GradUni, "inc": A2GradInc, "exp": A2GradExp}
 # Two groups with different Lipschitz guesses and betas (A2Grad has no lr and no weight decay).
@@ -81,17 +80,8 @@ class A2GradEquations:
 
 @pytest.mark.parametrize("variant", ["uni", "inc", "exp"])
 def test_matches_the_papers_equations(variant):
-    ours_model, eq_model = make_model(), make_model()
-    ours = A2Grad(two_groups(ours_model, GROUPS), variant=variant)
-    eq = A2GradEquations(two_groups(eq_model, GROUPS), variant)
-    for step, (tokens, target) in enumerate(batches(60), start=1):
-        for model in (ours_model, eq_model):
-            model.zero_grad()
-            torch.mean((model(tokens) - target) ** 2).backward()
-        ours.step()
-        eq.step()
-        for (name, p), q in zip(ours_model.named_parameters(), eq_model.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-9, atol=0.0, msg=lambda m: f"step {step}, {name}: {m}")
+    ours, eq, ours_model, eq_model = against_equations(
+        lambda groups: A2Grad(groups, variant=variant), lambda groups: A2GradEquations(groups, variant), GROUPS, 60)
     for p, q in zip(ours_model.parameters(), eq_model.parameters()):
         torch.testing.assert_close(ours.state[p]["x_k"], eq.hist[q]["x"], rtol=1e-9, atol=1e-300)
         torch.testing.assert_close(float(ours.state[p]["v_k"]), eq.hist[q]["v"], rtol=1e-9, atol=1e-300)
@@ -105,23 +95,11 @@ def test_first_step_is_gradient_over_2l():
     torch.testing.assert_close(p.detach(), torch.tensor([0.9, -2.05], dtype=torch.float64), rtol=1e-15, atol=0)
 
 
-def _pytorch_optimizer_a2grad():
-    """pytorch_optimizer imports transformers when installed; hide it for the import (see the Adan test)."""
-    saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] == "transformers"}
-    sys.modules["transformers"] = None
-    try:
-        from pytorch_optimizer import A2Grad as PortA2Grad
-    finally:
-        del sys.modules["transformers"]
-        sys.modules.update(saved)
-    return PortA2Grad
-
-
 @pytest.mark.parametrize("variant", ["uni", "inc", "exp"])
 def test_the_ports_disagree(variant):
     """Why one port is chosen: after one step the two ports already differ (pytorch_optimizer uses
     gamma = 2L/(k+2) and a' = 2/(k+4)); ours follows torch-optimizer and the paper's indexing."""
-    port = _pytorch_optimizer_a2grad()
+    port = import_pytorch_optimizer("A2Grad")
     ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(2)]
     opts = [A2Grad([ps[0]], variant=variant), port([ps[1]], variant=variant)]
     for p, opt in zip(ps, opts):

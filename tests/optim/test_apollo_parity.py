@@ -13,6 +13,7 @@ states to the project's 1e-9.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pytest
@@ -22,19 +23,25 @@ from rvc_optim.optim.apollo import Apollo
 from tests.optim.parity import batches, make_model, run_parity, two_groups
 
 
-def _import_reference():
-    """pytorch_optimizer imports transformers when installed; hide it for the import (see the Adan test)."""
+def import_pytorch_optimizer(name: str):
+    """A class from pytorch_optimizer, which imports transformers whenever it is installed: where that
+    import fails (transformers installed without its dependencies), retry with transformers hidden for
+    the duration of the import, as the Adan test does."""
+    try:
+        return getattr(importlib.import_module("pytorch_optimizer"), name)
+    except ImportError:
+        for module in [m for m in sys.modules if m.split(".")[0] == "pytorch_optimizer"]:
+            del sys.modules[module]
     saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] == "transformers"}
     sys.modules["transformers"] = None
     try:
-        from pytorch_optimizer import ApolloDQN
+        return getattr(importlib.import_module("pytorch_optimizer"), name)
     finally:
         del sys.modules["transformers"]
         sys.modules.update(saved)
-    return ApolloDQN
 
 
-ApolloDQN = _import_reference()
+ApolloDQN = import_pytorch_optimizer("ApolloDQN")
 STATE_KEYS = {"exp_avg_grad": "exp_avg_grad", "approx_hessian": "approx_hessian", "update": "update"}
 GROUPS = [{"lr": 1e-2, "weight_decay": 1e-3}, {"lr": 4e-3, "weight_decay": 0.0}]
 CONFIGS = [(rebound, kind) for rebound in ("constant", "belief") for kind in ("L2", "decoupled", "stable")]
@@ -87,11 +94,12 @@ class ApolloEquations:
         self.rates.append(rates)
 
 
-def test_warmup_matches_the_authors_formula_per_group():
+def against_equations(make_ours, make_equations, groups, steps):
+    """Train the parity model with ours and with an equations object side by side (each computing its
+    own gradients), comparing the parameters after every step to rtol 1e-9; returns both and the models."""
     ours_model, eq_model = make_model(), make_model()
-    ours = Apollo(two_groups(ours_model, GROUPS), lr=1e-2, warmup=10, init_lr=1e-5)
-    eq = ApolloEquations(two_groups(eq_model, GROUPS), warmup=10, init_lr=1e-5)
-    for step, (tokens, target) in enumerate(batches(30), start=1):
+    ours, eq = make_ours(two_groups(ours_model, groups)), make_equations(two_groups(eq_model, groups))
+    for step, (tokens, target) in enumerate(batches(steps), start=1):
         for model in (ours_model, eq_model):
             model.zero_grad()
             torch.mean((model(tokens) - target) ** 2).backward()
@@ -99,6 +107,12 @@ def test_warmup_matches_the_authors_formula_per_group():
         eq.step()
         for (name, p), q in zip(ours_model.named_parameters(), eq_model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-9, atol=0.0, msg=lambda m: f"step {step}, {name}: {m}")
+    return ours, eq, ours_model, eq_model
+
+
+def test_warmup_matches_the_authors_formula_per_group():
+    _, eq, _, _ = against_equations(lambda groups: Apollo(groups, lr=1e-2, warmup=10, init_lr=1e-5),
+                                    lambda groups: ApolloEquations(groups, warmup=10, init_lr=1e-5), GROUPS, 30)
     assert eq.rates[0] == [1e-5, 1e-5] and eq.rates[-1] == [1e-2, 4e-3]
     assert eq.rates[5][1] == pytest.approx(1e-5 + (4e-3 - 1e-5) * 5 / 10)
 

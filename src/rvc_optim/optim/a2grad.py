@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
 from rvc_optim.optim._foreach import (
     check_nonnegative,
     check_positive,
@@ -63,11 +63,11 @@ def per_tensor_scalars(values: Tensor) -> list[float] | list[Tensor]:
     return list(values.unbind())
 
 
-def per_tensor_on_cpu(update: Callable[..., Any], *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
+def per_tensor_on_cpu(update: UpdateFunction, *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
     """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU one tensor at a time, so
     that its temporaries are the size of one tensor (reused by the allocator, in cache for the small
     ones) rather than of the whole list, which costs fresh pages on every step. Empty lists stay empty."""
-    if device_type != "cpu":
+    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):  # compiled: one graph per list
         update(*lists, device_type=device_type, **kwargs)
         return
     for i in range(len(lists[0])):
@@ -131,13 +131,13 @@ class A2Grad(Optimizer):
         rho: smoothing of the exponential variant's average of ||delta||^2 (default 0.5).
         variant: 'uni' (uniform sum), 'inc' (incremental weights) or 'exp' (exponential average with a
             running maximum) (default 'uni').
-        (No ``compiled`` argument: the step index k shapes its Python arithmetic and branches, so a compiled update would be rebuilt every step;
-        its per-tensor reductions keep it on whole tensors anyway.)
 
     State per parameter: ``avg_grad`` and ``x_k`` (the size of the parameter), ``v_k`` (and ``v_kk`` for
     'exp') as 0-d tensors. The group keeps ``step`` (k + 1 after a step).
 
     Deviations from the reference (torch-optimizer):
+        * eager only (no ``compiled`` argument): k enters every per-step scalar, which would specialise
+          a torch.compile graph anew at each step.
         * no ``lr`` argument: the reference accepts one and ignores it; here the step comes from lips and
           beta only, and an LR scheduler has nothing to change.
         * k is counted per group (``group['step']``), the reference counts per parameter; they agree
@@ -163,7 +163,7 @@ class A2Grad(Optimizer):
             raise ValueError(f"Invalid rho value: {rho} (must be in [0, 1])")
         _check_variant(variant)
         super().__init__(params, dict(beta=beta, lips=lips, rho=rho, variant=variant))
-        self._update = UpdateFunction(a2grad_update, compiled=False, elementwise=False)
+        self._update = UpdateFunction(a2grad_update, False, elementwise=False)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

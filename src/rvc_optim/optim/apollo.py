@@ -129,13 +129,13 @@ class Apollo(Optimizer):
         weight_decay_type: 'L2' (added to the gradient), 'decoupled' (added to the update) or 'stable'
             (added to the update divided by mean(D)); None: 'L2' with the constant rebound, 'decoupled'
             with belief (default None).
-        (No ``compiled`` argument: the warm-up rate and the bias correction are host floats that change every step, so a compiled update would be rebuilt every step;
-        its per-tensor reductions keep it on whole tensors anyway.)
 
     State per parameter: ``exp_avg_grad`` (m), ``approx_hessian`` (B), ``update`` (d). The group keeps
     ``step`` and ``base_lr``.
 
     Deviations from the reference:
+        * eager only (no ``compiled`` argument): alpha and the warm-up rate change every step, which
+          would specialise a torch.compile graph anew at each step.
         * each group warms up towards its own lr (its ``base_lr`` is its lr at construction, and
           init_lr=None is that lr / 1000; a group whose lr is below init_lr starts at its lr); the authors
           give every group the constructor's lr as base_lr, so a group with its own lr jumps to it when
@@ -171,7 +171,7 @@ class Apollo(Optimizer):
         defaults = dict(lr=lr, beta=beta, eps=eps, rebound=rebound, warmup=warmup, init_lr=init_lr,
                         weight_decay=weight_decay, weight_decay_type=weight_decay_type)
         super().__init__(params, defaults)
-        self._update = UpdateFunction(apollo_update, compiled=False, elementwise=False)
+        self._update = UpdateFunction(apollo_update, False, elementwise=False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

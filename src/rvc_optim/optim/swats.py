@@ -266,7 +266,7 @@ class SWATS(Optimizer):
             step_size = lr * bias2**0.5 / bias1  # in the reference's order of operations
             maxes = [state["max_exp_avg_sq"]] if group["amsgrad"] else []
             pg, pp = self._adam([p], [g], [state["exp_avg"]], [state["exp_avg_sq"]], maxes, active=adam,
-                                step_size=step_size if on_host else scalar(step_size, p.device, p.dtype),
+                                step_size=scalar(step_size, p.device, p.dtype),
                                 beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], **kind)
             if not on_host:  # the SGD candidate, committed only where the group had already switched
                 self._sgd([p], [g], [state["momentum_buffer"]], active=switched.to(scalar_dtype(p.dtype)),
