@@ -288,15 +288,15 @@ class Row:
     def label(self) -> str:
         return self.kind if self.published is None else self.published.label
 
-    def compiles(self, numel: int | None = None) -> bool:
-        """Whether this row compiles on a CPU, for a parameter set of ``numel`` elements (the default
-        path compiles large sets where ``RVC_OPTIM_COMPILE`` is ``auto``)."""
+    @property
+    def compiles(self) -> bool:
+        """Whether this row compiles on a CPU (the default path does where ``RVC_OPTIM_COMPILE=1``)."""
         if self.kind == "compiled":
             return True
         if self.kind == "default":
             from rvc_optim.optim._compile import resolve_compiled
 
-            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu", numel)
+            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu")
         return self.published.compiles
 
 
@@ -325,10 +325,11 @@ def builder_for(row: Row) -> Builder:
     info = optimizer_info(row.algorithm)
     if row.published is None:
         extra = {"num_iterations": RUN_LENGTH} if info.protocol.run_length is not None else {}
-        compiled = True if row.kind == "compiled" else None
+        if row.kind == "compiled":
+            extra["compiled"] = True  # the default row passes nothing: what create_optimizer gives users
 
         def build(params):
-            return _train_mode(_quiet(create_optimizer, row.algorithm, params, compiled=compiled, **extra))
+            return _train_mode(_quiet(create_optimizer, row.algorithm, params, **extra))
     else:
         pub = row.published
         cls = getattr(importlib.import_module(pub.module), pub.cls)
@@ -508,11 +509,10 @@ def run(rows: list[Row], sets: list[str], repeats: int, warmup: int, threads: in
     results: list[RowResult] = []
     for set_name in sets:
         params = make_parameters(set_name)
-        numel = sum(p.numel() for p in params)
         baseline = make_baseline(params, warmup)
         for row in rows:
             build = (builders or {}).get((row.algorithm, row.label))
-            if row.compiles(numel) and build is None:
+            if row.compiles and build is None:
                 result = time_compiling_row(row, set_name, repeats, warmup, threads, build_timeout, warm)
             else:
                 result = time_row(row, params, set_name, repeats, warmup, baseline, build)

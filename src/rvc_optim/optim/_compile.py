@@ -24,7 +24,10 @@ The choice between eager and compiled:
 * the optimizer's ``compiled`` argument: ``True``, ``False`` or ``None`` (automatic);
 * for ``None``, the environment variable ``RVC_OPTIM_COMPILE``: ``1`` (compile wherever a compiler is
   available: CUDA with Triton, or a CPU with a C++ compiler on the path), ``0`` (eager) or ``auto`` (the
-  default: compile on CUDA only).
+  default: compile on CUDA only). On a CPU the build (18-66 s per algorithm on 2 cores, measured on RVC's
+  generator set) pays for itself within 1,000 steps for the optimizers with many passes (schedule-free
+  AdamW/Adam, Adan, AnyPrecisionAdamW, DAdaptAdaGrad) but not for the others, and never for small
+  models: ``benchmarks/results/step_time_cpu_compiled_generator.log``.
 
 A compiled update that fails to build falls back to the eager function with one warning.
 
@@ -53,7 +56,6 @@ from torch import Tensor
 __all__ = [
     "BLOCK_NUMEL",
     "CHUNK_TENSORS",
-    "CPU_AUTO_COMPILE_NUMEL",
     "ENV_VAR",
     "UpdateFunction",
     "cache_blocks",
@@ -68,11 +70,6 @@ ENV_VAR = "RVC_OPTIM_COMPILE"
 BLOCK_NUMEL = 1 << 18
 # Tensors per compiled call: fewer calls against a larger graph to build.
 CHUNK_TENSORS = 16
-# ``auto`` compiles a CPU update of at least this many elements: the cold build (about 20-50 s for an
-# algorithm on 2 cores) is paid back within 1,000 steps from about this size on (see the README's
-# benchmark section for the measurement). RVC's generator has 36.5M parameters, its discriminator 71.4M;
-# the tiny demo model and the test models stay eager.
-CPU_AUTO_COMPILE_NUMEL = 30_000_000
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
@@ -92,9 +89,8 @@ def compile_available(device_type: str) -> bool:
     return False
 
 
-def resolve_compiled(compiled: bool | None, device_type: str = "cpu", numel: int | None = None) -> bool:
-    """The effective choice for ``compiled`` on ``device_type``, for an update over ``numel`` elements
-    (``auto`` on a CPU compiles an update of at least :data:`CPU_AUTO_COMPILE_NUMEL` elements)."""
+def resolve_compiled(compiled: bool | None, device_type: str = "cpu") -> bool:
+    """The effective choice for ``compiled`` on ``device_type``."""
     if compiled is not None:
         if compiled and not compile_available(device_type):
             warnings.warn(f"compiled=True but torch.compile is not available for {device_type}; using foreach")
@@ -107,8 +103,6 @@ def resolve_compiled(compiled: bool | None, device_type: str = "cpu", numel: int
         return compile_available(device_type)
     if mode != "auto":
         raise ValueError(f"{ENV_VAR} must be 0, 1 or auto, got {mode!r}")
-    if device_type == "cpu":
-        return numel is not None and numel >= CPU_AUTO_COMPILE_NUMEL and compile_available("cpu")
     return device_type == "cuda" and compile_available(device_type)
 
 
@@ -216,8 +210,7 @@ class UpdateFunction:
                 return None
             if self.elementwise:
                 return self._with_empty_lists(tensor_lists, device_type, scalars)
-        numel = sum(t.numel() for t in tensor_lists[0]) if self.compiled is None and device_type == "cpu" else None
-        if not self._failed and resolve_compiled(self.compiled, device_type, numel):
+        if not self._failed and resolve_compiled(self.compiled, device_type):
             try:
                 return self._run_compiled(tensor_lists, scalars)
             except Exception as err:  # a backend that cannot build this graph here
