@@ -346,8 +346,11 @@ class _Signals:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
+        # After a stop was asked for, the process only reports and exits: a further Ctrl-C then would
+        # interrupt the teardown (tqdm's finaliser, say) with a traceback, so it is ignored.
+        stopping = self.stop.signum is not None
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
 
 
 def run(args: argparse.Namespace) -> int:
