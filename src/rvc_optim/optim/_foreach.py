@@ -19,6 +19,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
     "adam_step_correction",
+    "advance_host_steps",
     "add_scaled_",
     "addcdiv_scaled_",
     "bias_correction",
@@ -304,3 +305,21 @@ def foreach_square_sum(tensors: list[Tensor]) -> Tensor:
     ``_foreach_powsum``)."""
     norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=scalar_dtype(tensors[0].dtype)))
     return (norms * norms).sum()
+
+
+def advance_host_steps(
+    optimizer_state: dict[Tensor, dict[str, Any]],
+    params: list[Tensor],
+    keys: Sequence[str],
+    init: Callable[[Tensor], Tensor] | None = None,
+) -> list[int]:
+    """Count one more step for each parameter (a Python int in its state, as the references keep it, for
+    updates whose bias corrections are host arithmetic) and create its ``keys`` lazily; returns the counts."""
+    steps = []
+    for p in params:
+        state = optimizer_state[p]
+        state["step"] = int(state.get("step", 0)) + 1
+        steps.append(state["step"])
+        for key in keys:
+            state_tensor(state, key, p, init)
+    return steps

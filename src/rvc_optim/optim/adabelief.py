@@ -44,6 +44,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    advance_host_steps,
     addcdiv_scaled_,
     bias_correction,
     check_betas,
@@ -56,7 +57,6 @@ from rvc_optim.optim._foreach import (
     params_with_grad,
     run_closure,
     scalar,
-    state_tensor,
 )
 
 __all__ = ["AdaBelief", "AdaBeliefV2", "adabelief_update", "split_by_key"]
@@ -214,15 +214,8 @@ class AdaBelief(Optimizer):
         for group in self.param_groups:
             params, grads = params_with_grad(group, type(self).__name__)
             amsgrad = group["amsgrad"]
-            steps = []
-            for p in params:
-                state = self.state[p]
-                state["step"] = int(state.get("step", 0)) + 1
-                steps.append(state["step"])
-                state_tensor(state, "exp_avg", p)
-                state_tensor(state, "exp_avg_var", p)
-                if amsgrad:
-                    state_tensor(state, "max_exp_avg_var", p)
+            keys = ("exp_avg", "exp_avg_var") + (("max_exp_avg_var",) if amsgrad else ())
+            steps = advance_host_steps(self.state, params, keys)
             beta1, beta2 = group["betas"]
             for step, (ps, gs) in split_by_key(steps, params, grads).items():
                 step_size, divisor, shift = self._step_factors(group, step)

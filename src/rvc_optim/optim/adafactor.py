@@ -269,7 +269,7 @@ def run_by_tensor_batches(update: UpdateFunction, lists: tuple[list[Tensor], ...
     if device_type != "cpu" or resolve_compiled(update.compiled, device_type):
         update(*lists, device_type=device_type, **scalars)  # one graph over the whole lists when compiled
         return
-    if params and params[0].dtype in (torch.float32, torch.float64):
+    if params and params[0].dtype in (torch.float32, torch.float64):  # CPU only: reading is free here
         scalars = {k: v.item() if isinstance(v, Tensor) and v.dim() == 0 else v for k, v in scalars.items()}
     n, start, size = len(params), 0, 0
     for i, p in enumerate(params):

@@ -36,6 +36,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    advance_host_steps,
     addcdiv_scaled_,
     bias_correction,
     check_betas,
@@ -47,7 +48,6 @@ from rvc_optim.optim._foreach import (
     params_with_grad,
     run_closure,
     scalar,
-    state_tensor,
 )
 from rvc_optim.optim.adabelief import split_by_key
 
@@ -144,17 +144,9 @@ class PAdam(Optimizer):
         for group in self.param_groups:
             params, grads = params_with_grad(group, "PAdam")
             amsgrad = group["amsgrad"]
-            steps = []
-            for p in params:
-                state = self.state[p]
-                state["step"] = int(state.get("step", 0)) + 1
-                steps.append(state["step"])
-                state_tensor(state, "exp_avg", p)
-                state_tensor(state, "exp_avg_sq", p)
-                if amsgrad:
-                    state_tensor(state, "max_exp_avg_sq", p)
-            beta1, beta2 = group["betas"]
             keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+            steps = advance_host_steps(self.state, params, keys)
+            beta1, beta2 = group["betas"]
             for step, (ps, gs) in split_by_key(steps, params, grads).items():
                 step_size = group["lr"] * math.sqrt(bias_correction(beta2, step)) / bias_correction(beta1, step)
                 buffers = [[self.state[p][k] for p in ps] for k in keys]

@@ -350,6 +350,27 @@ def _check_positive_int(value: Any, name: str) -> None:
         raise ValueError(f"Invalid {name}: {value!r} (must be a positive int)")
 
 
+def _reject_broken_options(use_adabelief: bool, use_cheb: bool, momentum_type: str, decay_type: str,
+                           warmup_type: str | None, pnm_momentum_factor: float) -> None:
+    """The authors' switches that are broken or have no effect there: refused (or warned about) by name."""
+    if use_adabelief:
+        raise ValueError("use_adabelief=True is not offered: the authors' AdaBelief update is a no-op (broken)")
+    if use_cheb:
+        raise ValueError("use_cheb=True is not offered: the authors' Chebyshev schedule fails after warm-up (broken)")
+    if momentum_type != "pnm":
+        raise ValueError(f"Invalid momentum_type: {momentum_type!r} (only 'pnm' works in Ranger21)")
+    if decay_type != "stable":
+        raise ValueError(f"Invalid decay_type: {decay_type!r} (only 'stable' is implemented)")
+    if warmup_type not in ("linear", None):
+        raise ValueError(f"Invalid warmup_type: {warmup_type!r} (only 'linear' or None)")
+    if pnm_momentum_factor != 1.0:
+        warnings.warn(
+            "Ranger21's pnm_momentum_factor has no effect (as in the authors' code): the positive-negative "
+            "momentum weight is 1 and its noise norm uses beta2",
+            stacklevel=3,
+        )
+
+
 def _clone(p: Tensor) -> Tensor:
     return p.detach().clone(memory_format=torch.preserve_format)
 
@@ -476,22 +497,7 @@ class Ranger21(Optimizer):
             isinstance(num_warmup_iterations, bool) or not isinstance(num_warmup_iterations, int) or num_warmup_iterations < 0
         ):
             raise ValueError(f"Invalid num_warmup_iterations: {num_warmup_iterations!r} (must be an int >= 0 or None)")
-        if use_adabelief:
-            raise ValueError("use_adabelief=True is not offered: the authors' AdaBelief update is a no-op (broken)")
-        if use_cheb:
-            raise ValueError("use_cheb=True is not offered: the authors' Chebyshev schedule fails after warm-up (broken)")
-        if momentum_type != "pnm":
-            raise ValueError(f"Invalid momentum_type: {momentum_type!r} (only 'pnm' works in Ranger21)")
-        if decay_type != "stable":
-            raise ValueError(f"Invalid decay_type: {decay_type!r} (only 'stable' is implemented)")
-        if warmup_type not in ("linear", None):
-            raise ValueError(f"Invalid warmup_type: {warmup_type!r} (only 'linear' or None)")
-        if pnm_momentum_factor != 1.0:
-            warnings.warn(
-                "Ranger21's pnm_momentum_factor has no effect (as in the authors' code): the positive-negative "
-                "momentum weight is 1 and its noise norm uses beta2",
-                stacklevel=2,
-            )
+        _reject_broken_options(use_adabelief, use_cheb, momentum_type, decay_type, warmup_type, pnm_momentum_factor)
 
         defaults = dict(
             lr=lr, momentum=momentum, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
@@ -517,13 +523,27 @@ class Ranger21(Optimizer):
         self.lookahead_alpha = lookahead_blending_alpha
         self.lookahead_validation_load = lookahead_load_at_validation
 
-        # The schedule: fixed by the run length and the constructor's arguments.
+        self._set_schedule(num_epochs, num_batches_per_epoch, use_warmup and warmup_type is not None,
+                           num_warmup_iterations, warmup_pct_default, betas[1], warmdown_active, warmdown_start_pct)
+
+        # Unit norms, means and standard deviations per tensor: these passes take whole tensors.
+        self._prepare = UpdateFunction(ranger21_prepare, compiled, elementwise=False)
+        self._update = UpdateFunction(ranger21_update, compiled, elementwise=False)
+        self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled, elementwise=False)
+        self._merge = UpdateFunction(lookahead_merge, compiled)
+        if self.logging_active:
+            self._log_settings(lr, weight_decay)
+
+    def _set_schedule(self, num_epochs: int, num_batches_per_epoch: int, use_warmup: bool,
+                      num_warmup_iterations: int | None, warmup_pct_default: float, beta2: float,
+                      warmdown_active: bool, warmdown_start_pct: float) -> None:
+        """The warm-up and warm-down, fixed by the run length and the constructor's arguments."""
         self.num_epochs = num_epochs
         self.num_batches_per_epoch = num_batches_per_epoch
         self.total_iterations = num_epochs * num_batches_per_epoch
-        self.use_warmup = use_warmup and warmup_type is not None
+        self.use_warmup = use_warmup
         if num_warmup_iterations is None:
-            beta_warmup_iters = math.ceil(2 / (1 - betas[1]))
+            beta_warmup_iters = math.ceil(2 / (1 - beta2))
             if beta_warmup_iters / self.total_iterations > 0.45:
                 self.num_warmup_iters = int(warmup_pct_default * self.total_iterations)
             else:
@@ -533,14 +553,6 @@ class Ranger21(Optimizer):
         self.warmdown_active = warmdown_active
         self.start_warm_down = int(warmdown_start_pct * self.total_iterations)
         self.warmdown_total_iterations = self.total_iterations - self.start_warm_down
-
-        # Unit norms, means and standard deviations per tensor: these passes take whole tensors.
-        self._prepare = UpdateFunction(ranger21_prepare, compiled, elementwise=False)
-        self._update = UpdateFunction(ranger21_update, compiled, elementwise=False)
-        self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled, elementwise=False)
-        self._merge = UpdateFunction(lookahead_merge, compiled)
-        if self.logging_active:
-            self._log_settings(lr, weight_decay)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

@@ -274,7 +274,7 @@ class SWATS(Optimizer):
                           nesterov=group["nesterov"], **kind)
             trigger, rate = self._switch_test(state, pg, pp, k, bias2, beta2, adam)
             if on_host:
-                if trigger.item():
+                if trigger.item():  # on_host: a CPU tensor, read for free (accelerators use torch.where)
                     switched, sgd_lr = True, rate.to(sgd_lr.dtype)
                     group["switched"], group["sgd_lr"] = torch.ones((), dtype=torch.bool, device=sgd_lr.device), sgd_lr
             else:

@@ -34,6 +34,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
+    advance_host_steps,
     addcdiv_scaled_,
     bias_correction,
     check_betas,
@@ -46,7 +47,6 @@ from rvc_optim.optim._foreach import (
     params_with_grad,
     run_closure,
     scalar,
-    state_tensor,
 )
 from rvc_optim.optim.adabelief import split_by_key
 
@@ -130,13 +130,8 @@ class Yogi(Optimizer):
         for group in self.param_groups:
             params, grads = params_with_grad(group, "Yogi")
             initial = group["initial_accumulator"]
-            steps = []
-            for p in params:
-                state = self.state[p]
-                state["step"] = int(state.get("step", 0)) + 1
-                steps.append(state["step"])
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state_tensor(state, key, p, init=lambda like: torch.full_like(like, initial))
+            steps = advance_host_steps(self.state, params, ("exp_avg", "exp_avg_sq"),
+                                       init=lambda like: torch.full_like(like, initial))
             beta1, beta2 = group["betas"]
             for step, (ps, gs) in split_by_key(steps, params, grads).items():
                 buffers = [[self.state[p][k] for p in ps] for k in ("exp_avg", "exp_avg_sq")]
