@@ -19,10 +19,9 @@ from rvc_optim.driver import ProtocolDriver
 from rvc_optim.records import NotImplementedYet, OptimizerInfo
 from tests.contract_models import ContractNet, loss_fn, make_task
 
-# Registered optimizers without an implementation are the groups B, C and D of REFERENCES.md
-# (Adam variants, layer-wise, momentum, memory-saving, matrix and curvature methods); each is
-# implemented by its own issue, and becomes a passing case here by existing.
-PENDING_REASON = "registered by issue #8, not implemented yet (its implementation issue comes later)"
+# Registered optimizers without an implementation: the matrix and curvature methods (Muon, Sophia,
+# Shampoo, SOAP) of open issue #15; each becomes a passing case here by existing.
+PENDING_REASON = "not implemented yet: open issue #15 (the matrix and curvature optimizers)"
 
 
 def _params(record: OptimizerInfo):
