@@ -60,6 +60,7 @@ __all__ = [
     "UpdateFunction",
     "cache_blocks",
     "compile_available",
+    "per_tensor_on_cpu",
     "resolve_compiled",
 ]
 
@@ -272,3 +273,14 @@ def _without_empty(fn: Callable[..., Any], n: int, present: tuple[int, ...]) -> 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn: Callable[..., Any], dynamic: bool) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=dynamic)
+
+
+def per_tensor_on_cpu(update: UpdateFunction, *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
+    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU one tensor at a time, so
+    that its temporaries are the size of one tensor (reused by the allocator, in cache for the small
+    ones) rather than of the whole list, which costs fresh pages on every step. Empty lists stay empty."""
+    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):  # compiled: one graph per list
+        update(*lists, device_type=device_type, **kwargs)
+        return
+    for i in range(len(lists[0])):
+        update(*([lst[i]] if lst else [] for lst in lists), device_type=device_type, **kwargs)

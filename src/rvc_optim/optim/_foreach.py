@@ -19,9 +19,9 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
     "adam_step_correction",
-    "advance_host_steps",
     "add_scaled_",
     "addcdiv_scaled_",
+    "advance_host_steps",
     "bias_correction",
     "check_betas",
     "check_eps",
@@ -41,6 +41,7 @@ __all__ = [
     "group_by_device_and_dtype",
     "group_value",
     "params_with_grad",
+    "per_tensor_scalars",
     "run_closure",
     "scalar",
     "state_tensor",
@@ -323,3 +324,11 @@ def advance_host_steps(
         for key in keys:
             state_tensor(state, key, p, init)
     return steps
+
+
+def per_tensor_scalars(values: Tensor) -> list[float] | list[Tensor]:
+    """One scalar per tensor from a 1-D tensor: Python floats on a CPU with float32/float64 tensors (read
+    for free, and exact in the fused foreach forms), 0-d device tensors elsewhere (no host read)."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        return values.tolist()
+    return list(values.unbind())

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
+from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
     check_nonnegative,
     check_positive,
@@ -50,28 +50,9 @@ from rvc_optim.optim._foreach import (
     scalar_dtype,
 )
 
-__all__ = ["A2Grad", "a2grad_update", "per_tensor_on_cpu", "per_tensor_scalars"]
+__all__ = ["A2Grad", "a2grad_update"]
 
 VARIANTS = ("uni", "inc", "exp")
-
-
-def per_tensor_scalars(values: Tensor) -> list[float] | list[Tensor]:
-    """One scalar per tensor from a 1-D tensor: Python floats on a CPU with float32/float64 tensors (read
-    for free, and exact in the fused foreach forms), 0-d device tensors elsewhere (no host read)."""
-    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
-        return values.tolist()
-    return list(values.unbind())
-
-
-def per_tensor_on_cpu(update: UpdateFunction, *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
-    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU one tensor at a time, so
-    that its temporaries are the size of one tensor (reused by the allocator, in cache for the small
-    ones) rather than of the whole list, which costs fresh pages on every step. Empty lists stay empty."""
-    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):  # compiled: one graph per list
-        update(*lists, device_type=device_type, **kwargs)
-        return
-    for i in range(len(lists[0])):
-        update(*([lst[i]] if lst else [] for lst in lists), device_type=device_type, **kwargs)
 
 
 def a2grad_update(
@@ -90,11 +71,40 @@ def a2grad_update(
 ) -> None:
     """One A2Grad step at index k (0 on the first). ``v_ks``/``v_kks`` are 0-d tensors, one per parameter
     (``v_kks`` empty unless variant is 'exp'). Needs whole tensors: the norms of delta are per tensor."""
-    # delta = g - gbar_new = k / (k + 1) * (g - gbar_old): one difference serves the average and the norm.
-    diffs = torch._foreach_sub(grads, avg_grads)
-    torch._foreach_add_(avg_grads, diffs, alpha=1.0 / (k + 1))
-    acc = scalar_dtype(params[0].dtype)
-    norms = torch.stack(torch._foreach_norm(diffs, 2, dtype=acc))
+    coefs = _step_coefficients(grads, avg_grads, v_ks, v_kks, k=k, beta=beta, lips=lips, rho=rho, variant=variant)
+    a, a_next = 2.0 / (k + 2), 2.0 / (k + 3)
+    # x <- x - c g;  p <- lerp(p, x, a') - (1 - a') a c g
+    if params[0].device.type == "cpu":  # per tensor with float coefficients: no temporaries at all
+        for p, g, x, c in zip(params, grads, x_ks, coefs.tolist()):
+            x.add_(g, alpha=-c)
+            p.lerp_(x, a_next)
+            p.add_(g, alpha=-(1.0 - a_next) * a * c)
+        return
+    steps = torch._foreach_mul(grads, list(coefs.unbind()))
+    torch._foreach_sub_(x_ks, steps)
+    torch._foreach_lerp_(params, x_ks, a_next)
+    torch._foreach_add_(params, steps, alpha=-(1.0 - a_next) * a)
+
+
+def _step_coefficients(
+    grads: list[Tensor],
+    avg_grads: list[Tensor],
+    v_ks: list[Tensor],
+    v_kks: list[Tensor],
+    *,
+    k: int,
+    beta: float,
+    lips: float,
+    rho: float,
+    variant: str,
+) -> Tensor:
+    """Update the gradient averages and the variance sums; return c = 1 / (2L / (k + 1) + beta h), one
+    per tensor, as a 1-D tensor."""
+    # With d = gbar - g: ||delta|| = k / (k + 1) ||d||, and the new average is g + k / (k + 1) d.
+    torch._foreach_sub_(avg_grads, grads)
+    norms = torch.stack(torch._foreach_norm(avg_grads, 2, dtype=scalar_dtype(avg_grads[0].dtype)))
+    torch._foreach_mul_(avg_grads, k / (k + 1))
+    torch._foreach_add_(avg_grads, grads)
     squares = (norms * (k / (k + 1))) ** 2
     v = torch.stack(v_ks)
     if variant == "uni":
@@ -107,12 +117,7 @@ def a2grad_update(
         v = torch.maximum(v, v_kk)
     torch._foreach_copy_(v_ks, list(v.unbind()))
     h = (v * (k + 1)).sqrt() if variant == "exp" else v.sqrt()
-    coefs = 1.0 / (2.0 * lips / (k + 1) + beta * h)
-    a, a_next = 2.0 / (k + 2), 2.0 / (k + 3)
-    steps = torch._foreach_mul(grads, per_tensor_scalars(coefs))
-    torch._foreach_sub_(x_ks, steps)
-    torch._foreach_lerp_(params, x_ks, a_next)
-    torch._foreach_add_(params, steps, alpha=-(1.0 - a_next) * a)
+    return 1.0 / (2.0 * lips / (k + 1) + beta * h)
 
 
 def _check_variant(variant: str) -> None:
@@ -187,8 +192,8 @@ class A2Grad(Optimizer):
             keys = ("avg_grad", "x_k", "v_k") + (("v_kk",) if exp else ())
             lists = [[self.state[p][key] for p in params] for key in keys]
             for device, dtype, (p, g, avg, x, v, *v_kk) in group_by_device_and_dtype(params, grads, *lists):
-                per_tensor_on_cpu(
-                    self._update, p, g, avg, x, v, v_kk[0] if v_kk else [],
+                self._update(
+                    p, g, avg, x, v, v_kk[0] if v_kk else [],
                     k=k, beta=group["beta"], lips=group["lips"], rho=group["rho"], variant=group["variant"],
                     device_type=device.type,
                 )

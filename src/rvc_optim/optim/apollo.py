@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, per_tensor_on_cpu
 from rvc_optim.optim._foreach import (
     add_scaled_,
     check_eps,
@@ -43,11 +43,11 @@ from rvc_optim.optim._foreach import (
     check_weight_decay,
     group_by_device_and_dtype,
     params_with_grad,
+    per_tensor_scalars,
     run_closure,
     scalar,
     state_tensor,
 )
-from rvc_optim.optim.a2grad import per_tensor_on_cpu, per_tensor_scalars
 
 __all__ = ["Apollo", "apollo_update"]
 
