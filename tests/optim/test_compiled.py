@@ -26,6 +26,7 @@ from rvc_optim.optim._compile import (
     cache_blocks,
     compile_available,
     resolve_compiled,
+    whole_tensor_batches,
 )
 
 # One optimizer for each way an update meets the runner, so the compiled tests stay few (each builds graphs
@@ -114,6 +115,17 @@ def test_cache_blocks_cover_every_element_once_in_order():
         assert bool((t >= 1000.0).all()) and bool((t < 2000.0).all())  # each element written once
     assert any(len(block[0]) > 1 for block in blocks)  # small tensors were batched
     assert any(block[0][0].numel() == 64 and block[0][0]._base is not None for block in blocks)  # slices
+
+
+def test_whole_tensor_batches_keep_tensors_whole_in_order_and_optional_lists_empty():
+    sizes = [3, 70, 5, 1, 100, 20, 20]
+    a = [torch.zeros(n) for n in sizes]
+    b = [t.clone() for t in a]
+    batches = list(whole_tensor_batches([a, [], b], block_numel=64))
+    assert [len(batch[0]) for batch in batches] == [2, 3, 2]  # closes once a batch reaches 64 elements
+    assert all(batch[1] == [] for batch in batches)
+    assert [t for batch in batches for t in batch[0]] == a  # the same tensors, whole, in order
+    assert [t for batch in batches for t in batch[2]] == b
 
 
 def test_blocked_run_sums_reductions_and_reads_cpu_scalars_as_floats():

@@ -62,6 +62,7 @@ __all__ = [
     "compile_available",
     "per_tensor_on_cpu",
     "resolve_compiled",
+    "whole_tensor_batches",
 ]
 
 ENV_VAR = "RVC_OPTIM_COMPILE"
@@ -275,12 +276,26 @@ def _compiled(fn: Callable[..., Any], dynamic: bool) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=dynamic)
 
 
+def whole_tensor_batches(tensor_lists: Sequence[list[Tensor]], block_numel: int = BLOCK_NUMEL) -> Iterator[list[list[Tensor]]]:
+    """Cut parallel tensor lists into batches of whole tensors of about ``block_numel`` elements in all
+    (a larger tensor makes a batch of its own). Empty lists (an optional state absent) stay empty."""
+    present = [i for i, lst in enumerate(tensor_lists) if lst]
+    start, numel = 0, 0
+    count = len(tensor_lists[present[0]]) if present else 0
+    for i in range(count):
+        numel += tensor_lists[present[0]][i].numel()
+        if numel >= block_numel or i == count - 1:
+            yield [lst[start:i + 1] if lst else [] for lst in tensor_lists]
+            start, numel = i + 1, 0
+
+
 def per_tensor_on_cpu(update: UpdateFunction, *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
-    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU one tensor at a time, so
-    that its temporaries are the size of one tensor (reused by the allocator, in cache for the small
-    ones) rather than of the whole list, which costs fresh pages on every step. Empty lists stay empty."""
+    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU in batches of whole
+    tensors of about a cache block (:func:`whole_tensor_batches`), so that its temporaries are the size of
+    one batch (reused by the allocator, in cache for the small tensors) rather than of the whole list, which
+    costs fresh pages on every step, while small tensors still share each foreach call."""
     if device_type != "cpu" or resolve_compiled(update.compiled, device_type):  # compiled: one graph per list
         update(*lists, device_type=device_type, **kwargs)
         return
-    for i in range(len(lists[0])):
-        update(*([lst[i]] if lst else [] for lst in lists), device_type=device_type, **kwargs)
+    for batch in whole_tensor_batches(lists):
+        update(*batch, device_type=device_type, **kwargs)
