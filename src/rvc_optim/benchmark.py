@@ -156,6 +156,8 @@ PUBLISHED: dict[str, list[Published]] = {
     "PAdam": [
         Published("pytorch_optimizer", "pytorch_optimizer", "PAdam",
                   note="no amsgrad: keeps one buffer less than ours (amsgrad=True, the authors' default)"),
+        Published("rvc-optim", "rvc_optim.optim.padam", "PAdam", {"amsgrad": False},
+                  note="ours at pytorch_optimizer's setting (no amsgrad): the like-for-like time"),
     ],
     "QHAdam": [
         Published("qhoptim", "qhoptim.pyt", "QHAdam"),

@@ -107,16 +107,17 @@ def any_precision_adamw_update(
     denom = torch._foreach_sqrt(exp_avg_sqs)  # in variance_dtype, as the authors'
     torch._foreach_div_(denom, denom_correction)
     torch._foreach_add_(denom, eps)
-    # step_size * m at the precision of the scalars (float64 for float64 weights, else float32), not in
-    # momentum_dtype: a 0-d scalar would not promote a bfloat16 momentum, a one-element tensor does.
-    # Then one addcdiv rounds to the target's dtype, which is the authors' arithmetic exactly.
-    scale = [step_size.reshape(1)] * len(exp_avgs) if isinstance(step_size, Tensor) else step_size
-    scaled_exp_avgs = torch._foreach_mul(exp_avgs, scale)
-
+    # The authors' addcdiv_(m, denom, value=-step_size) computes (value * m) / denom at the target's
+    # precision. A Python float step size (the CPU path) is that very call; a 0-d tensor is first
+    # multiplied into m as a one-element tensor (a 0-d one would not promote a bfloat16 momentum).
+    if isinstance(step_size, Tensor):
+        numerators, value = torch._foreach_mul(exp_avgs, [step_size.reshape(1)] * len(exp_avgs)), -1.0
+    else:
+        numerators, value = exp_avgs, -step_size
     if not use_kahan_summation:
-        torch._foreach_addcdiv_(params, scaled_exp_avgs, denom, value=-1.0)
+        torch._foreach_addcdiv_(params, numerators, denom, value=value)
         return
-    torch._foreach_addcdiv_(compensations, scaled_exp_avgs, denom, value=-1.0)
+    torch._foreach_addcdiv_(compensations, numerators, denom, value=value)
     previous = [p.clone() for p in params]
     torch._foreach_add_(params, compensations)  # rounded to p's dtype
     torch._foreach_sub_(previous, params)  # -(what p took), exact in p's dtype
