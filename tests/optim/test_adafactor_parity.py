@@ -133,6 +133,6 @@ def test_defaults_are_the_references():
 def test_parity_in_small_cpu_batches(monkeypatch):
     """On a CPU the update runs over batches of whole tensors (cache-sized): with batches of a few
     tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
-    monkeypatch.setattr("rvc_optim.optim.adafactor.BLOCK_NUMEL", 10)
+    monkeypatch.setattr("rvc_optim.optim._compile.BLOCK_NUMEL", 10)
     run_parity(lambda g: AdaFactor(g, **CONFIGS["external-lr-unscaled-beta1"]),
                lambda g: Reference(g, **CONFIGS["external-lr-unscaled-beta1"]), _groups(False), STATE_KEYS, steps=50)

@@ -62,6 +62,19 @@ def test_parity_with_apollo_dqn(rebound, kind):
     assert all(group["step"] == 200 for group in ours.param_groups)
 
 
+def test_parity_in_small_cpu_batches(monkeypatch):
+    """On a CPU the update runs over batches of whole tensors: with batches of a few tensors the lists
+    are cut in many places, and each tensor must keep its own norms, sums and state."""
+    monkeypatch.setattr("rvc_optim.optim._compile.BLOCK_NUMEL", 10)
+    run_parity(
+        lambda groups: Apollo(groups, lr=1e-2, rebound="belief", warmup=0, init_lr=1e-5,
+                              weight_decay_type="stable"),
+        lambda groups: ApolloDQN(groups, lr=1e-2, rebound="belief", warmup_steps=0, init_lr=1e-5,
+                                 weight_decay_type="stable"),
+        GROUPS, STATE_KEYS, steps=50, rtol=0.0, state_rtol=1e-9,
+    )
+
+
 class ApolloEquations:
     """The authors' Apollo, one tensor at a time, with its warm-up: lr_t = init_lr + (base_lr - init_lr)
     * (t - 1) / warmup while t - 1 < warmup (t from 1), each group warming up to its own lr."""

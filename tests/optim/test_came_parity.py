@@ -80,6 +80,6 @@ def test_three_betas_required_and_defaults():
 def test_parity_in_small_cpu_batches(monkeypatch):
     """On a CPU the update runs over batches of whole tensors (cache-sized): with batches of a few
     tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
-    monkeypatch.setattr("rvc_optim.optim.adafactor.BLOCK_NUMEL", 10)
+    monkeypatch.setattr("rvc_optim.optim._compile.BLOCK_NUMEL", 10)
     run_parity(lambda g: CAME(g, betas=BETAS), lambda g: Reference(g, lr=1e-3, betas=BETAS), GROUPS, STATE_KEYS,
                steps=50)

@@ -20,13 +20,14 @@ from rvc_optim.capabilities import capabilities_of
 from rvc_optim.catalog import RECORDS
 from rvc_optim.driver import ProtocolDriver
 from rvc_optim.optim._compile import (
+    BLOCK_NUMEL,
     ENV_VAR,
     UpdateFunction,
     _compile_chunks,
     cache_blocks,
     compile_available,
     resolve_compiled,
-    whole_tensor_batches,
+    run_by_tensor_batches,
 )
 
 # One optimizer for each way an update meets the runner, so the compiled tests stay few (each builds graphs
@@ -117,15 +118,24 @@ def test_cache_blocks_cover_every_element_once_in_order():
     assert any(block[0][0].numel() == 64 and block[0][0]._base is not None for block in blocks)  # slices
 
 
-def test_whole_tensor_batches_keep_tensors_whole_in_order_and_optional_lists_empty():
-    sizes = [3, 70, 5, 1, 100, 20, 20]
+def test_tensor_batches_keep_tensors_whole_in_order_with_floats_and_state_prefixes():
+    """Whole-tensor updates on a CPU run over batches of whole tensors closed at BLOCK_NUMEL elements,
+    0-d scalars read as floats, and shorter lists sliced as the prefix (or suffix) of the tensors."""
+    sizes = [3, BLOCK_NUMEL, 5, 1, 100]
     a = [torch.zeros(n) for n in sizes]
-    b = [t.clone() for t in a]
-    batches = list(whole_tensor_batches([a, [], b], block_numel=64))
-    assert [len(batch[0]) for batch in batches] == [2, 3, 2]  # closes once a batch reaches 64 elements
-    assert all(batch[1] == [] for batch in batches)
-    assert [t for batch in batches for t in batch[0]] == a  # the same tensors, whole, in order
-    assert [t for batch in batches for t in batch[2]] == b
+    prefix, suffix = a[:2], a[3:]
+    seen = []
+
+    def fn(xs, ps, ss, empty, *, scale):
+        seen.append((list(xs), list(ps), list(ss), list(empty), type(scale)))
+
+    update = UpdateFunction(fn, compiled=False, elementwise=False)
+    run_by_tensor_batches(update, (a, prefix, suffix, []), suffix={2}, device_type="cpu", scale=torch.tensor(2.0))
+    assert [len(xs) for xs, *_ in seen] == [2, 3]  # the batch closes once it reaches BLOCK_NUMEL
+    assert [t for xs, *_ in seen for t in xs] == a  # the same tensors, whole, in order
+    assert [ps for _, ps, *_ in seen] == [prefix, []]
+    assert [ss for _, _, ss, *_ in seen] == [[], suffix]
+    assert all(empty == [] and kind is float for *_, empty, kind in seen)
 
 
 def test_blocked_run_sums_reductions_and_reads_cpu_scalars_as_floats():

@@ -81,6 +81,6 @@ def test_defaults_are_the_ports():
 def test_parity_in_small_cpu_batches(monkeypatch):
     """On a CPU the update runs over batches of whole tensors (cache-sized): with batches of a few
     tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
-    monkeypatch.setattr("rvc_optim.optim.adafactor.BLOCK_NUMEL", 10)
+    monkeypatch.setattr("rvc_optim.optim._compile.BLOCK_NUMEL", 10)
     run_parity(lambda g: SM3(g, momentum=0.9), lambda g: Reference(g, momentum=0.9), GROUPS,
                {**ACCUMULATORS, "momentum_buffer": "momentum_buffer"}, steps=50)

@@ -46,7 +46,7 @@ import functools
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -60,9 +60,8 @@ __all__ = [
     "UpdateFunction",
     "cache_blocks",
     "compile_available",
-    "per_tensor_on_cpu",
     "resolve_compiled",
-    "whole_tensor_batches",
+    "run_by_tensor_batches",
 ]
 
 ENV_VAR = "RVC_OPTIM_COMPILE"
@@ -276,26 +275,30 @@ def _compiled(fn: Callable[..., Any], dynamic: bool) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=dynamic)
 
 
-def whole_tensor_batches(tensor_lists: Sequence[list[Tensor]], block_numel: int = BLOCK_NUMEL) -> Iterator[list[list[Tensor]]]:
-    """Cut parallel tensor lists into batches of whole tensors of about ``block_numel`` elements in all
-    (a larger tensor makes a batch of its own). Empty lists (an optional state absent) stay empty."""
-    present = [i for i, lst in enumerate(tensor_lists) if lst]
-    start, numel = 0, 0
-    count = len(tensor_lists[present[0]]) if present else 0
-    for i in range(count):
-        numel += tensor_lists[present[0]][i].numel()
-        if numel >= block_numel or i == count - 1:
-            yield [lst[start:i + 1] if lst else [] for lst in tensor_lists]
-            start, numel = i + 1, 0
+def run_by_tensor_batches(update: UpdateFunction, lists: tuple[list[Tensor], ...], suffix: Collection[int] = (), *,
+                          device_type: str, **scalars: Any) -> None:
+    """Run ``update``, a function of whole tensors, over the lists ``(params, ...)``.
 
-
-def per_tensor_on_cpu(update: UpdateFunction, *lists: list[Tensor], device_type: str, **kwargs: Any) -> None:
-    """Run a whole-tensor (``elementwise=False``) update over the lists; on a CPU in batches of whole
-    tensors of about a cache block (:func:`whole_tensor_batches`), so that its temporaries are the size of
-    one batch (reused by the allocator, in cache for the small tensors) rather than of the whole list, which
-    costs fresh pages on every step, while small tensors still share each foreach call."""
-    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):  # compiled: one graph per list
-        update(*lists, device_type=device_type, **kwargs)
+    On a CPU it runs over batches of whole tensors of about BLOCK_NUMEL elements (a larger tensor alone),
+    so that the many passes of one batch stay in the cache instead of streaming every tensor through
+    memory once per op, and with Python-float scalars (fused ``alpha=`` forms), as the runner's blocked
+    path does for elementwise updates. Elsewhere, and when compiled, it runs once over the whole lists. A list shorter than
+    ``params`` holds the state of a prefix of its tensors, or of a suffix for the indices in ``suffix``.
+    """
+    params = lists[0]
+    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):
+        update(*lists, device_type=device_type, **scalars)  # one graph over the whole lists when compiled
         return
-    for batch in whole_tensor_batches(lists):
-        update(*batch, device_type=device_type, **kwargs)
+    if params and params[0].dtype in (torch.float32, torch.float64):  # CPU only: reading is free here
+        scalars = {k: v.item() if isinstance(v, Tensor) and v.dim() == 0 else v for k, v in scalars.items()}
+    n, start, size = len(params), 0, 0
+    for i, p in enumerate(params):
+        size += p.numel()
+        if size < BLOCK_NUMEL and i < n - 1:
+            continue
+        batch = []
+        for k, lst in enumerate(lists):
+            offset = n - len(lst) if k in suffix else 0
+            batch.append(lst[max(start - offset, 0):max(i + 1 - offset, 0)])
+        update(*batch, device_type=device_type, **scalars)
+        start, size = i + 1, 0

@@ -31,14 +31,14 @@ AdamW-like lr pass ``relative_step=False, scale_parameter=False``; ``beta1=0.8``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import BLOCK_NUMEL, UpdateFunction, resolve_compiled
+from rvc_optim.optim._compile import UpdateFunction, run_by_tensor_batches
 from rvc_optim.optim._foreach import (
     check_eps,
     check_lr,
@@ -53,7 +53,7 @@ from rvc_optim.optim._foreach import (
 )
 
 __all__ = ["AdaFactor", "adafactor_update", "by_device_and_dtype", "check_eps_pair", "clipped_scale",
-           "factored_second_moment_", "run_by_tensor_batches"]
+           "factored_second_moment_"]
 
 
 def check_eps_pair(eps: Any) -> None:
@@ -253,32 +253,3 @@ def by_device_and_dtype(params: list[Tensor]) -> dict[tuple[torch.device, torch.
     for i, p in enumerate(params):
         out.setdefault((p.device, p.dtype), []).append(i)
     return out
-
-
-def run_by_tensor_batches(update: UpdateFunction, lists: tuple[list[Tensor], ...], suffix: Collection[int] = (), *,
-                          device_type: str, **scalars: Any) -> None:
-    """Run ``update``, a function of whole tensors, over the lists ``(params, ...)``.
-
-    On a CPU it runs over batches of whole tensors of about BLOCK_NUMEL elements (a larger tensor alone),
-    so that the many passes of one batch stay in the cache instead of streaming every tensor through
-    memory once per op, and with Python-float scalars (fused ``alpha=`` forms), as the runner's blocked
-    path does for elementwise updates. Elsewhere, and when compiled, it runs once over the whole lists. A list shorter than
-    ``params`` holds the state of a prefix of its tensors, or of a suffix for the indices in ``suffix``.
-    """
-    params = lists[0]
-    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):
-        update(*lists, device_type=device_type, **scalars)  # one graph over the whole lists when compiled
-        return
-    if params and params[0].dtype in (torch.float32, torch.float64):  # CPU only: reading is free here
-        scalars = {k: v.item() if isinstance(v, Tensor) and v.dim() == 0 else v for k, v in scalars.items()}
-    n, start, size = len(params), 0, 0
-    for i, p in enumerate(params):
-        size += p.numel()
-        if size < BLOCK_NUMEL and i < n - 1:
-            continue
-        batch = []
-        for k, lst in enumerate(lists):
-            offset = n - len(lst) if k in suffix else 0
-            batch.append(lst[max(start - offset, 0):max(i + 1 - offset, 0)])
-        update(*batch, device_type=device_type, **scalars)
-        start, size = i + 1, 0

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction, per_tensor_on_cpu
+from rvc_optim.optim._compile import UpdateFunction, run_by_tensor_batches
 from rvc_optim.optim._foreach import (
     add_scaled_,
     check_eps,
@@ -211,8 +211,8 @@ class Apollo(Optimizer):
                      for key in ("exp_avg_grad", "approx_hessian", "update")]
             for device, dtype, (p, g, m, b, d) in group_by_device_and_dtype(params, grads, *lists):
                 lr = self.current_lr(group, done)
-                per_tensor_on_cpu(
-                    self._update, p, g, m, b, d,
+                run_by_tensor_batches(
+                    self._update, (p, g, m, b, d),
                     lr=scalar(lr, device, dtype) if isinstance(lr, Tensor) else lr,
                     alpha=(1.0 - group["beta"]) / (1.0 - group["beta"] ** group["step"]),
                     eps=group["eps"] / (1.0 if group["rebound"] == "belief" else CONSTANT_REBOUND),

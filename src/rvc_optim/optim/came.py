@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, run_by_tensor_batches
 from rvc_optim.optim._foreach import (
     add_scaled_,
     check_betas,
@@ -50,7 +50,6 @@ from rvc_optim.optim.adafactor import (
     check_eps_pair,
     clipped_scale,
     factored_second_moment_,
-    run_by_tensor_batches,
 )
 
 __all__ = ["CAME", "came_update"]

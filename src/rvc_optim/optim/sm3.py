@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, run_by_tensor_batches
 from rvc_optim.optim._foreach import (
     add_scaled_,
     check_eps,
@@ -39,7 +39,6 @@ from rvc_optim.optim._foreach import (
     scalar,
     state_tensor,
 )
-from rvc_optim.optim.adafactor import run_by_tensor_batches
 
 __all__ = ["SM3", "sm3_update"]
 
