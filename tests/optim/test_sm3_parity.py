@@ -36,7 +36,7 @@ def test_parity_with_pytorch_optimizer(momentum):
 
 def test_4d_kernels_match_pytorch_optimizer():
     params, opt = compare_on_shapes(lambda g: SM3(g, momentum=0.9), lambda g: Reference(g, momentum=0.9),
-                                    [(6, 6, 3, 3), (5, 4, 3, 1), (7, 3), (9,)], 2, [{"lr": 0.05}, {"lr": 0.01}],
+                                    [(6, 6, 3, 3), (5, 4, 3, 1), (7, 3), (9,), (8, 1, 1), (1, 1, 1), (1, 5), (4, 1, 3)], 2, [{"lr": 0.05}, {"lr": 0.01}],
                                     ["momentum_buffer", *(f"accumulator_{i}" for i in range(4))])
     assert [a.numel() for k, a in opt.state[params[0]].items() if k.startswith("accumulator")] == [6, 6, 3, 3]
 

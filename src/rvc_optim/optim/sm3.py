@@ -61,11 +61,8 @@ def sm3_update(
 ) -> None:
     """``accumulators[i]`` holds the i-th accumulator of every tensor of rank above i (rank 0 and 1
     tensors: one full accumulator), so the lists shorten with i; tensors are sorted by falling rank."""
-    covers = list(accumulators[0])
     accumulators = tuple(accs for accs in accumulators if accs)  # a batch of vectors has no second one
-    for accs in accumulators[1:]:  # min over the accumulators that cover each element: small tensors
-        covers[:len(accs)] = torch._foreach_minimum(covers[:len(accs)], accs)
-    nu = torch._foreach_addcmul(covers, grads, grads)  # broadcast to the full shape
+    nu = torch._foreach_addcmul(_covers(accumulators), grads, grads)  # broadcast to the full shape
     # The max over all dimensions but i has no multi-tensor op in torch: this loop is that reduction.
     maxima: list[list[Tensor]] = [[] for _ in accumulators]
     for v in nu:
@@ -82,12 +79,49 @@ def sm3_update(
     add_scaled_(params, nu, -lr)
 
 
+def _covers(accumulators: tuple[list[Tensor], ...]) -> list[Tensor]:
+    """For each tensor, the min over the accumulators that cover each element (broadcast, small ones
+    first). A size-1 dimension's accumulator holds the max over the whole tensor, never below another
+    one's, so it is left out of the min (a full-size pass fewer for conv kernels [O, I, k, 1]) unless
+    every dimension has size 1."""
+    covers: list[Tensor | None] = [None] * len(accumulators[0])
+    for accs in accumulators:
+        used = [i for i, acc in enumerate(accs) if acc.numel() > 1]
+        first = [i for i in used if covers[i] is None]
+        rest = [i for i in used if covers[i] is not None]
+        for i in first:
+            covers[i] = accs[i]
+        if rest:
+            mins = torch._foreach_minimum([covers[i] for i in rest], [accs[i] for i in rest])
+            for i, m in zip(rest, mins):
+                covers[i] = m
+    return [c if c is not None else accumulators[0][i] for i, c in enumerate(covers)]
+
+
 def _maxima(t: Tensor) -> list[Tensor]:
-    """For each dimension i, the max of ``t`` over every other dimension (shape [1, .., n_i, .., 1]), with
-    two passes over ``t``: the max over the last dimension, from which the leading ones are reduced,
-    and the max over all leading dimensions of a 2-D view."""
+    """For each dimension i, the max of ``t`` over every other dimension (shape [1, .., n_i, .., 1]).
+    Size-1 dimensions are squeezed out first (their max is the whole tensor's); then two passes over
+    ``t`` (:func:`_maxima_of_full_rank`)."""
     if t.dim() <= 1:
         return [t]
+    if 1 not in t.shape:
+        return _maxima_of_full_rank(t)
+    squeezed = t.squeeze()
+    maxima = _maxima_of_full_rank(squeezed) if squeezed.dim() > 1 else [squeezed]
+    whole = maxima[0].amax()
+    inner = iter(maxima)
+    out = []
+    for i, n in enumerate(t.shape):
+        shape = [1] * t.dim()
+        shape[i] = n
+        out.append((next(inner) if n > 1 else whole).reshape(shape))
+    return out
+
+
+def _maxima_of_full_rank(t: Tensor) -> list[Tensor]:
+    """:func:`_maxima` for a tensor of rank 2 or more without size-1 dimensions: the max over the last
+    dimension, from which the leading ones are reduced, and the max over all leading dimensions of a
+    2-D view."""
     last = t.amax(dim=-1, keepdim=True)
     lead = list(range(t.dim() - 1))
     out = [last.amax(dim=[d for d in lead if d != i], keepdim=True) if t.dim() > 2 else last for i in lead]
