@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 import rvc_optim.prepare
-from rvc_optim.train.demo_data import coarse_pitch, demo_features, synthesize_voice
+from rvc_optim.train.demo_data import coarse_pitch, demo_features, speech_with_pauses
 
 ALL_F0 = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "fcpe", "rmvpe")
 
@@ -84,16 +84,7 @@ _install("f0", F0_METHODS=ALL_F0, make_f0_estimator=_make_f0_estimator, coarse_f
 _install("features", load_embedder=_load_embedder, save_random_embedder=_save_random_embedder)
 
 
-def speech(seconds: float, sr: int, seed: int = 0, gaps: int = 2) -> np.ndarray:
-    """Voice-like audio (harmonic glides, formants) in ``gaps + 1`` stretches with 0.8 s of silence
-    between them (so the slicer cuts there), peak 0.5."""
-    rng = np.random.default_rng(seed)
-    part = int(seconds * sr / (gaps + 1))
-    silence = np.zeros(int(0.8 * sr), np.float32)
-    pieces = []
-    for k in range(gaps + 1):
-        pieces += [synthesize_voice(rng, part, sr)[0]] + ([silence] if k < gaps else [])
-    return np.concatenate(pieces)
+speech = speech_with_pauses
 
 
 @pytest.fixture(scope="session")

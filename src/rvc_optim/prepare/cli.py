@@ -103,6 +103,10 @@ def run_prepare(args: argparse.Namespace) -> int:
             min_seconds=args.min_seconds, progress=not args.no_progress)
     except (ValueError, ImportError, OSError) as err:
         return _fail("prepare", err)
+    except KeyboardInterrupt:
+        print("rvc-optim prepare: interrupted; the files finished so far are kept: run the same command to go on",
+              file=sys.stderr)
+        return 130
     wall = time.perf_counter() - start
     print(f"used {result.files_used} files ({result.reused} already done), skipped {len(result.skipped)}: "
           f"{result.slices} slices, {result.seconds:.1f} s of audio ({wall:.1f} s wall-clock)")

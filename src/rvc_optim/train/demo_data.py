@@ -36,7 +36,7 @@ from rvc_optim.train.config import ModelConfig
 from rvc_optim.train.data import Experiment, find_experiment
 from rvc_optim.train.mel import mel_filterbank
 
-__all__ = ["coarse_pitch", "make_demo_experiment", "synthesize_voice", "demo_features", "filelist_row",
+__all__ = ["coarse_pitch", "make_demo_experiment", "synthesize_voice", "speech_with_pauses", "demo_features", "filelist_row",
            "filelist_text", "config_files", "LAYOUT_DIRS"]
 
 #: RVC's coarse-pitch range: 1 (unvoiced / <= 50 Hz) .. 255 (>= 1100 Hz).
@@ -181,6 +181,19 @@ def synthesize_voice(
     audio = _formant_filter(source, sr, rng) + 1e-3 * rng.standard_normal(n_samples)
     audio = 0.5 * audio / np.max(np.abs(audio))
     return audio.astype(np.float32), contour
+
+
+def speech_with_pauses(seconds: float, sr: int, seed: int = 0, gaps: int = 2, pause: float = 0.8) -> np.ndarray:
+    """A synthetic recording: ``gaps + 1`` stretches of :func:`synthesize_voice` (``seconds`` in all)
+    with ``pause`` seconds of digital silence between them, float32, peak 0.5 (for prepare's tests
+    and benchmark: RVC's slicer cuts at the pauses)."""
+    rng = np.random.default_rng(seed)
+    part = int(seconds * sr / (gaps + 1))
+    silence = np.zeros(int(pause * sr), np.float32)
+    pieces = []
+    for k in range(gaps + 1):
+        pieces += [synthesize_voice(rng, part, sr)[0]] + ([silence] if k < gaps else [])
+    return np.concatenate(pieces)
 
 
 def _resample_fft(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
