@@ -299,7 +299,7 @@ def _run(todo: list[Path], ctx: _Context, jobs: int, progress: bool) -> None:
     workers = _Workers(jobs, cpu_f0)
     ctx.workers = workers
     ctx.bars = {"slice": _progress("slice", len(todo), progress), "f0": _progress("f0", 0, progress),
-                   "features": _progress("features", 0, progress)}
+                "features": _progress("features", 0, progress)}
     step = max(8, 4 * jobs)
     try:
         for i in range(0, len(todo), step):
