@@ -6,7 +6,7 @@ mono WAVs; :func:`rvc_optim.train.demo_data.speech_with_pauses`) are prepared fr
 f0 method into a fresh folder: reading, resampling, high-pass, slicing, f0, features, filelist. The
 embedder is a randomly initialised HuBERT of RVC's shape (``save_random_embedder``; the same cost as
 real weights) unless ``--embedder`` names one; ``rmvpe`` runs only with ``--f0-weights rmvpe.pt``.
-Throughput = seconds of sliced audio written / wall-clock seconds of the whole run. Example::
+Throughput = seconds of the recordings used / wall-clock seconds of the whole run. Example::
 
     python benchmarks/prepare_throughput.py --minutes 2 --jobs 2 --output benchmarks/results/prepare_throughput
 """
@@ -75,8 +75,8 @@ def run_method(method: str, src: Path, work: Path, embedder: Path, args: argpars
     except (ValueError, ImportError, OSError) as err:
         return {"method": method, "status": f"failed: {err}"}
     wall = time.perf_counter() - start
-    return {"method": method, "status": "ok", "audio_s": round(result.seconds, 2), "wall_s": round(wall, 2),
-            "audio_s_per_s": round(result.seconds / wall, 2)}
+    return {"method": method, "status": "ok", "audio_s": round(result.input_seconds, 2), "wall_s": round(wall, 2),
+            "audio_s_per_s": round(result.input_seconds / wall, 2)}
 
 
 def markdown(head: dict, rows: list[dict]) -> str:

@@ -53,3 +53,18 @@ def test_train_offers_no_index(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--no-index" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("no_index", [False, True])
+def test_train_builds_the_index_beside_the_model(tmp_path, capsys, no_index):
+    from rvc_optim.train.config import get_config
+    from rvc_optim.train.demo_data import make_demo_experiment
+
+    data, run = tmp_path / "logs" / "voice", tmp_path / "run"
+    make_demo_experiment(data, get_config("tiny"), n_items=2, seconds=1.5)
+    argv = ["train", "--data", str(data), "--out", str(run), "--config", "tiny", "--steps", "1", "--batch-size", "1",
+            "--log-every", "0", "--eval-every", "0", "--no-tensorboard", "--no-progress", "--device", "cpu"]
+    assert main(argv + ["--no-index"] * no_index) == 0
+    built = list(run.glob("added_IVF*_Flat_nprobe_1_run_v2.index"))
+    assert len(built) == (0 if no_index else 1)
+    assert ("index for retrieval" in capsys.readouterr().out) is not no_index

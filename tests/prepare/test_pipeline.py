@@ -63,13 +63,16 @@ def test_slices_follow_rvcs_formats(prepared):
     assert json.loads((root / "config.json").read_text())["data"]["sampling_rate"] == TINY.sample_rate
 
 
-def test_bad_files_are_skipped_with_one_line_each(prepared):
+def test_bad_files_are_skipped_with_one_line_each(prepared, recordings):
     result, kinds = prepared
+    recordings_dir = recordings[0]
     skipped = {Path(path).name: reason for path, reason in result.skipped}
     assert set(skipped) == {name for name, kind in kinds.items() if kind == "bad"}
     assert "silent" in skipped["silent.wav"] and "shorter than one training segment" in skipped["short.wav"]
     assert all("\n" not in reason and reason for reason in skipped.values())
     assert result.seconds > 10
+    good = [sf.info(recordings_dir / n).duration for n, kind in kinds.items() if kind == "good"]
+    assert result.input_seconds == pytest.approx(sum(good), rel=1e-3)
 
 
 def test_applio_layout_with_speaker_id(recordings, embedder_path, tmp_path):

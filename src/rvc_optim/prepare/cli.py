@@ -109,7 +109,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         return 130
     wall = time.perf_counter() - start
     print(f"used {result.files_used} files ({result.reused} already done), skipped {len(result.skipped)}: "
-          f"{result.slices} slices, {result.seconds:.1f} s of audio ({wall:.1f} s wall-clock)")
+          f"{result.input_seconds:.1f} s of recordings -> {result.slices} slices, {result.seconds:.1f} s of audio "
+          f"({wall:.1f} s wall-clock)")
     print(f"experiment: {result.root}  (train it: rvc-optim train --data {result.root})")
     return 0
 

@@ -55,8 +55,9 @@ class PrepareError(ValueError):
 
 @dataclass
 class PrepareResult:
-    """What a run left in ``root``: input files used (``reused`` of them from a previous run), the
-    files skipped with their reasons, the number of slices and their seconds of audio."""
+    """What a run left in ``root``: input files used (``reused`` of them from a previous run) and their
+    seconds of audio (``input_seconds``), the files skipped with their reasons, the number of slices
+    and their seconds (more than the recordings': chunks overlap by 0.3 s; less: silences cut)."""
 
     root: Path
     files_used: int = 0
@@ -64,6 +65,7 @@ class PrepareResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     slices: int = 0
     seconds: float = 0.0
+    input_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,16 +90,17 @@ def _aligned_frames(n: int, n16: int, cfg: ModelConfig) -> int:
     return min(2 * ((n16 - 400) // 320 + 1), (n - cfg.n_fft) // cfg.hop_length + 1)
 
 
-def _slice_file(job: _SliceJob) -> tuple[list[tuple[str, float]] | None, str]:
-    """Step 1 for one input: ``([(slice name, seconds)], "")`` or ``(None, reason it is skipped)``."""
+def _slice_file(job: _SliceJob) -> tuple[list[tuple[str, float]] | None, str, float]:
+    """Step 1 for one input: ``([(slice name, seconds)], "", seconds of the recording)`` or
+    ``(None, reason it is skipped, 0)``."""
     cfg, sr = job.cfg, job.cfg.sample_rate
     try:
         audio = load_audio(job.source, sr)
         if len(audio) < cfg.segment_size:
-            return None, f"shorter than one training segment ({len(audio) / sr:.2f} s < {cfg.segment_size / sr:.2f} s)"
+            return None, f"shorter than one training segment ({len(audio) / sr:.2f} s < {cfg.segment_size / sr:.2f} s)", 0.0
         audio = highpass(audio, sr)
         if np.max(np.abs(audio)) < 10 ** (RVC_SLICER.threshold_db / 20):
-            return None, f"silent (nothing above {RVC_SLICER.threshold_db:g} dB)"
+            return None, f"silent (nothing above {RVC_SLICER.threshold_db:g} dB)", 0.0
         pieces = (c for piece in slice_at_silences(audio, sr) for c in chunks(piece, sr))
         written = []
         for j, chunk in enumerate(pieces):
@@ -110,12 +113,12 @@ def _slice_file(job: _SliceJob) -> tuple[list[tuple[str, float]] | None, str]:
             write_wav(job.folders.paths(name)["wav16k"], a16, _SR16)
             written.append((name, len(chunk) / sr))
     except AudioError as err:
-        return None, str(err)
+        return None, str(err), 0.0
     except Exception as err:  # anything else about one file must not stop the others
-        return None, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return None, f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", 0.0
     if not written:
-        return None, "no usable slice (every piece was clipped, silent or shorter than one training segment)"
-    return written, ""
+        return None, "no usable slice (every piece was clipped, silent or shorter than one training segment)", 0.0
+    return written, "", len(audio) / sr
 
 
 def _read16(path: Path) -> np.ndarray:
@@ -264,15 +267,15 @@ def _process_group(group: list[_SliceJob], ctx: _Context) -> None:
     indices = {job.index for job in group}
     folders.remove_slices(keep=lambda i: i not in indices)
     sliced = []
-    for job, (slices, reason) in zip(group, ctx.workers.map(_slice_file, group)):
+    for job, (slices, reason, seconds) in zip(group, ctx.workers.map(_slice_file, group)):
         bars["slice"].update(1)
         if slices is None:
             _say(f"skipped {job.source}: {reason}")
             result.skipped.append((str(job.source), reason))
             manifest.inputs.pop(job.source.name, None)
         else:
-            sliced.append((job, slices))
-    names = [name for _, slices in sliced for name, _ in slices]
+            sliced.append((job, slices, seconds))
+    names = [name for _, slices, _ in sliced for name, _ in slices]
     for key in ("f0", "features"):
         bars[key].total += len(names)
         bars[key].refresh()
@@ -284,9 +287,10 @@ def _process_group(group: list[_SliceJob], ctx: _Context) -> None:
         _batched(names, folders, models.f0.batch, _write_f0, ctx.batch_size, bars["f0"])
     _batched(names, folders, models.embedder.batch, lambda p, x: write_npy(p["feat"], np.asarray(x, np.float32)),
              ctx.batch_size, bars["features"])
-    for job, slices in sliced:
+    for job, slices, seconds in sliced:
         manifest.inputs[job.source.name] = {
             "sha256": ctx.hashes[job.source.name], "settings": ctx.fingerprint, "index": job.index,
+            "seconds": round(seconds, 6),
             "slices": [[n, round(sec, 6)] for n, sec in slices], "outputs": folders.records([n for n, _ in slices]),
         }
     manifest.save()
@@ -331,6 +335,7 @@ def _finish(ctx: _Context, min_seconds: float, embedder) -> None:
     result.files_used = len(entries)
     result.slices = sum(len(e["slices"]) for e in entries)
     result.seconds = sum(sec for e in entries for _, sec in e["slices"])
+    result.input_seconds = sum(e["seconds"] for e in entries)
     if result.seconds < min_seconds:
         (folders.root / "filelist.txt").unlink(missing_ok=True)
         raise PrepareError(
