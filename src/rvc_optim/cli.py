@@ -1,4 +1,4 @@
-"""The ``rvc-optim`` command: list, show, recommend, bench and train."""
+"""The ``rvc-optim`` command: list, show, recommend, bench, train, prepare and index."""
 
 from __future__ import annotations
 
@@ -136,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     if train_cli is not None:
         train_cli.add_arguments(sub.add_parser(
             "train", help="train an RVC v2 voice model", description=train_cli.DESCRIPTION))
+    try:  # needs the prepare modules (their heavy dependencies are imported only when they run)
+        from rvc_optim.prepare import cli as prepare_cli
+
+        prepare_cli.add_parsers(sub)
+    except ImportError:
+        pass
     return parser
 
 
@@ -164,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rvc_optim.train import cli as train_cli
 
             return train_cli.run(args)
+        elif args.command in ("prepare", "index"):
+            from rvc_optim.prepare import cli as prepare_cli
+
+            return prepare_cli.run(args)
     except ValueError as err:
         print(f"rvc-optim: error: {err}", file=sys.stderr)
         return 2

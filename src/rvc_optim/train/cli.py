@@ -113,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained-d", metavar="PTH", help="RVC-format pretrained discriminator (e.g. f0D40k.pth)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files (the CSV log stays)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-index", action="store_true",
+                   help="do not build RVC's retrieval index (added_IVF<n>_Flat_nprobe_1_<name>_v2.index) from the "
+                        "data's features beside the exported model at the end (never built for --demo)")
 
     g = parser.add_argument_group("numerics and device")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
@@ -387,4 +390,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"mel loss (x c_mel): {result.trend('loss_mel')}; generator total: {result.trend('loss_g')}")
     print(f"checkpoint: {result.checkpoint}")
     print(f"model for inference: {result.export}")
+    if args.demo and not args.no_index:
+        print("index: not built (the demo's features are stand-ins, not HuBERT's)")
+    elif not args.no_index:
+        from rvc_optim.prepare.cli import build_index_for_run
+
+        build_index_for_run(tc.data, result.export)
     return 0

@@ -36,7 +36,8 @@ from rvc_optim.train.config import ModelConfig
 from rvc_optim.train.data import Experiment, find_experiment
 from rvc_optim.train.mel import mel_filterbank
 
-__all__ = ["coarse_pitch", "make_demo_experiment", "synthesize_voice", "demo_features"]
+__all__ = ["coarse_pitch", "make_demo_experiment", "synthesize_voice", "speech_with_pauses", "demo_features", "filelist_row",
+           "filelist_text", "config_files", "LAYOUT_DIRS"]
 
 #: RVC's coarse-pitch range: 1 (unvoiced / <= 50 Hz) .. 255 (>= 1100 Hz).
 F0_MIN_HZ = 50.0
@@ -182,6 +183,19 @@ def synthesize_voice(
     return audio.astype(np.float32), contour
 
 
+def speech_with_pauses(seconds: float, sr: int, seed: int = 0, gaps: int = 2, pause: float = 0.8) -> np.ndarray:
+    """A synthetic recording: ``gaps + 1`` stretches of :func:`synthesize_voice` (``seconds`` in all)
+    with ``pause`` seconds of digital silence between them, float32, peak 0.5 (for prepare's tests
+    and benchmark: RVC's slicer cuts at the pauses)."""
+    rng = np.random.default_rng(seed)
+    part = int(seconds * sr / (gaps + 1))
+    silence = np.zeros(int(pause * sr), np.float32)
+    pieces = []
+    for k in range(gaps + 1):
+        pieces += [synthesize_voice(rng, part, sr)[0]] + ([silence] if k < gaps else [])
+    return np.concatenate(pieces)
+
+
 def _resample_fft(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Band-limited resampling by truncating (or zero-padding) the spectrum."""
     if sr_in == sr_out:
@@ -211,7 +225,8 @@ def demo_features(audio_16k: np.ndarray, feature_dim: int = 768) -> np.ndarray:
     return np.tanh(logmel @ proj / np.sqrt(_N_MELS_FEATURE)).astype(np.float32)
 
 
-_DIRS = {
+#: Each layout's folders: training-rate wavs, 16 kHz wavs, coarse f0, f0 in Hz, features.
+LAYOUT_DIRS = {
     "rvc": {
         "wav": "0_gt_wavs", "wav16k": "1_16k_wavs", "coarse": "2a_f0", "hz": "2b-f0nsf", "feat": "3_feature768",
     },
@@ -243,7 +258,7 @@ def make_demo_experiment(
     (where Applio's ``logs/`` folder sits). ``root`` must not exist or be empty. Returns
     :func:`find_experiment` of the folder.
     """
-    if layout not in _DIRS:
+    if layout not in LAYOUT_DIRS:
         raise ValueError(f"layout must be 'rvc' or 'applio', got {layout!r}")
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
@@ -259,7 +274,7 @@ def make_demo_experiment(
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; make_demo_experiment writes a fresh folder")
-    dirs = {key: root / name for key, name in _DIRS[layout].items()}
+    dirs = {key: root / name for key, name in LAYOUT_DIRS[layout].items()}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
 
@@ -290,28 +305,46 @@ def make_demo_experiment(
         np.save(paths["feat"], feats)
         total_seconds += n_samples / sr
 
-        files = [paths[k].resolve() for k in ("wav", "feat", "coarse", "hz")]
-        if layout == "rvc":
-            cols = [str(f) for f in files]
-        else:  # relative to the folder holding logs/, as Applio writes them (with forward slashes)
-            base = root.resolve().parent.parent
-            cols = [os.path.relpath(f, base).replace("\\", "/") for f in files]
-        rows.append("|".join([*cols, str(speaker_id)]))
+        rows.append(filelist_row([paths[k] for k in ("wav", "feat", "coarse", "hz")], root, layout, speaker_id))
 
     random.Random(seed).shuffle(rows)
-    config = cfg.to_rvc_json()
+    (root / "filelist.txt").write_text(filelist_text(rows, layout), encoding="utf-8")
+    files = config_files(cfg, layout, embedder_model="demo (random projection of log-mel; not ContentVec)",
+                         total_seconds=total_seconds)
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return find_experiment(root)
+
+
+def filelist_row(files: list[Path], root: Path, layout: str, speaker_id: int) -> str:
+    """One filelist row ``wav|feature|f0coarse|f0hz|sid`` for the four ``files`` of a slice: absolute
+    paths for RVC; for Applio relative to ``root``'s grandparent, the folder holding ``logs/``, with
+    forward slashes, as Applio writes them."""
+    files = [Path(f).resolve() for f in files]
     if layout == "rvc":
-        (root / "filelist.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        cols = [str(f) for f in files]
     else:
-        (root / "filelist.txt").write_text("\n".join(rows), encoding="utf-8")
+        base = Path(root).resolve().parent.parent
+        cols = [os.path.relpath(f, base).replace("\\", "/") for f in files]
+    return "|".join([*cols, str(speaker_id)])
+
+
+def filelist_text(rows: list[str], layout: str) -> str:
+    """The text of ``filelist.txt``: RVC ends it with a newline, Applio does not."""
+    return "\n".join(rows) + ("\n" if layout == "rvc" else "")
+
+
+def config_files(cfg: ModelConfig, layout: str, *, embedder_model: str, total_seconds: float,
+                 speakers: int = 1) -> dict[str, str]:
+    """``{file name: text}``: ``config.json`` (``cfg.to_rvc_json()``, indent 4, sorted keys); for Applio
+    its flavour of it (``data.sample_rate``, ``model.text_enc_hidden_dim``) and ``model_info.json``."""
+    config = cfg.to_rvc_json()
+    files = {}
+    if layout == "applio":
         config["data"]["sample_rate"] = config["data"].pop("sampling_rate")
         config["model"]["text_enc_hidden_dim"] = cfg.feature_dim
-        info = {
-            "speakers_id": 1,
-            "embedder_model": "demo (random projection of log-mel; not ContentVec)",
-            "total_dataset_duration": round(total_seconds, 3),
-        }
-        (root / "model_info.json").write_text(json.dumps(info, indent=4), encoding="utf-8")
-    with open(root / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=4, sort_keys=True)
-    return find_experiment(root)
+        info = {"speakers_id": speakers, "embedder_model": embedder_model,
+                "total_dataset_duration": round(total_seconds, 3)}
+        files["model_info.json"] = json.dumps(info, indent=4)
+    files["config.json"] = json.dumps(config, indent=4, sort_keys=True)
+    return files
