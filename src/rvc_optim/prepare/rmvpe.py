@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rvc_optim.prepare._batch import run_grouped
 from rvc_optim.prepare._optional import require
-from rvc_optim.prepare.f0 import HOP, SAMPLE_RATE, F0Estimator, f0_frames, run_grouped
+from rvc_optim.prepare.f0 import HOP, SAMPLE_RATE, F0Estimator, f0_frames
 
 __all__ = ["E2E", "RmvpeEstimator", "decode_salience", "log_mel"]
 
@@ -36,6 +37,7 @@ CENTS_PER_BIN = 20.0
 THRESHOLD = 0.03
 _WINDOW = 1024
 _FRAME_MULTIPLE = 32  # 5 poolings by 2 along time
+_MIN_SAMPLES = _WINDOW // 2 + 1  # the centred STFT's reflect padding needs more than half a window
 _BN_MOMENTUM = 0.01
 
 
@@ -203,7 +205,8 @@ def _load_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle error, a zip error, a truncated file: all say "not a weights file"
-        raise ValueError(f"{path} is not a readable RMVPE weights file (torch.load: {str(err).splitlines()[0]})") from None
+        reason = str(err).splitlines()[0]
+        raise ValueError(f"{path} is not a readable RMVPE weights file (torch.load: {reason})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -236,6 +239,11 @@ def load_rmvpe(path: str | Path | None) -> E2E:
     return model.eval()
 
 
+def _model_frames(n_samples: int) -> int:
+    """Frames the network runs on: RVC's count for the clip (padded to 513 samples), rounded up to 32."""
+    return -(-f0_frames(max(n_samples, _MIN_SAMPLES)) // _FRAME_MULTIPLE) * _FRAME_MULTIPLE
+
+
 class RmvpeEstimator(F0Estimator):
     """f0 by RMVPE; clips whose padded frame counts agree are batched (exactly as one at a time)."""
 
@@ -253,14 +261,13 @@ class RmvpeEstimator(F0Estimator):
         return cls(load_rmvpe(path), **kwargs)
 
     def _estimate_many(self, clips: list[np.ndarray]) -> list[np.ndarray]:
-        return run_grouped(clips, lambda c: -(-f0_frames(max(len(c), _WINDOW // 2 + 1)) // _FRAME_MULTIPLE),
-                           self._run, self.max_batch)
+        return run_grouped(clips, lambda c: _model_frames(len(c)), self._run, self.max_batch)
 
     def _run(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        frames = _model_frames(len(clips[0]))  # the same for the whole group
         with torch.no_grad():
-            mels = [self.mel(torch.from_numpy(np.pad(c, (0, max(0, _WINDOW // 2 + 1 - len(c)))))[None].to(self.device))[0]
-                    for c in clips]
-            frames = -(-max(m.shape[-1] for m in mels) // _FRAME_MULTIPLE) * _FRAME_MULTIPLE
+            audio = [torch.from_numpy(np.pad(c, (0, max(0, _MIN_SAMPLES - len(c))))) for c in clips]
+            mels = [self.mel(a[None].to(self.device))[0] for a in audio]
             batch = torch.stack([nn.functional.pad(m, (0, frames - m.shape[-1])) for m in mels])
             salience = self.model(batch).float().cpu().numpy()
         return [decode_salience(s[: m.shape[-1]], self.threshold) for s, m in zip(salience, mels)]
