@@ -57,6 +57,12 @@ class _ConvBlockRes(nn.Module):
         return self.conv(x) + (self.shortcut(x) if hasattr(self, "shortcut") else x)
 
 
+def _through(modules: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for module in modules:
+        x = module(x)
+    return x
+
+
 def _blocks(cin: int, cout: int, n: int) -> nn.ModuleList:
     return nn.ModuleList([_ConvBlockRes(cin if i == 0 else cout, cout) for i in range(n)])
 
@@ -71,8 +77,7 @@ class _ResStage(nn.Module):
             self.pool = nn.AvgPool2d(pool)
 
     def forward(self, x: torch.Tensor):
-        for block in self.conv:
-            x = block(x)
+        x = _through(self.conv, x)
         return (x, self.pool(x)) if hasattr(self, "pool") else x
 
 
@@ -98,9 +103,7 @@ class _Intermediate(nn.Module):
         self.layers = nn.ModuleList([_ResStage(cin if i == 0 else cout, cout, None, n_blocks) for i in range(stages)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.layers:
-            x = stage(x)
-        return x
+        return _through(self.layers, x)
 
 
 class _DecoderStage(nn.Module):
@@ -113,10 +116,7 @@ class _DecoderStage(nn.Module):
         self.conv2 = _blocks(2 * cout, cout, n_blocks)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = torch.cat((self.conv1(x), skip), dim=1)
-        for block in self.conv2:
-            x = block(x)
-        return x
+        return _through(self.conv2, torch.cat((self.conv1(x), skip), dim=1))
 
 
 class _Decoder(nn.Module):
