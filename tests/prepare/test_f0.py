@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rvc_optim.prepare._optional import MissingDependency, require
-from rvc_optim.prepare.f0 import F0_METHODS, coarse_f0, f0_frames, make_f0_estimator
-from rvc_optim.prepare.rmvpe import CENTS_FIRST_BIN, E2E, decode_salience, log_mel
+from rvc_optim.prepare.f0 import CENTS_FIRST_BIN, F0_METHODS, coarse_f0, f0_frames, make_f0_estimator
+from rvc_optim.prepare.rmvpe import E2E, decode_salience, log_mel
 from tests.prepare.synth import cents_error, frame_truth, glide
 
 # crepe (full) is slow on a CPU (~0.5 s per frame here): it gets the first quarter second of voice only.
@@ -70,6 +70,8 @@ def test_unknown_method_and_bad_audio_are_one_line_errors(estimators):
         make_f0_estimator("yin")
     with pytest.raises(ValueError, match="1-D 16 kHz mono"):
         estimators("pm")(np.zeros((2, 1600), np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        estimators("dio")(np.full(1600, np.nan, np.float32))
 
 
 def test_coarse_f0_is_rvcs_quantisation():

@@ -129,9 +129,11 @@ def test_other_bad_embedders_are_one_line_errors(saved, tmp_path):
         load_embedder(tmp_path / "junk.pt")
 
 
-def test_too_short_audio(reference):
+def test_too_short_or_non_finite_audio(reference):
     with pytest.raises(ValueError, match="at least 400 samples"):
         reference(np.zeros(399, np.float32))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        reference(np.full(800, np.inf, np.float32))
 
 
 def test_a_model_without_layer_12_is_refused(tmp_path):

@@ -42,7 +42,7 @@ F0_MAX = 1100.0
 _CREPE_PERIODICITY_MIN = 0.1
 _CREPE_FRAMES_PER_CALL = 1024
 _CREPE_SILENCE_DB = -60.0
-_CREPE_CENTS_FIRST_BIN = 1997.3794084376191  # bin 0 of crepe's (and RMVPE's) 360 x 20-cent grid
+CENTS_FIRST_BIN = 1997.3794084376191  # bin 0 of crepe's and RMVPE's 360 x 20-cent grid (re 10 Hz)
 _FCPE_THRESHOLD = 0.006
 
 
@@ -79,6 +79,8 @@ def _as_audio(audio16k: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio16k)
     if audio.ndim != 1 or audio.size == 0:
         raise ValueError(f"f0 needs 1-D 16 kHz mono audio with samples, got an array of shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise ValueError("f0 needs finite audio: this clip contains NaN or inf samples")
     return audio.astype(np.float32, copy=False)
 
 
@@ -172,7 +174,7 @@ class _Crepe(F0Estimator):
     def _viterbi(self, logits):
         """torchcrepe's Viterbi decoding, minus its random dither of the bins' cents (deterministic f0)."""
         bins, _ = self._crepe.decode.viterbi(logits)
-        cents = self._crepe.CENTS_PER_BIN * bins + _CREPE_CENTS_FIRST_BIN
+        cents = self._crepe.CENTS_PER_BIN * bins + CENTS_FIRST_BIN
         return bins, 10.0 * 2.0 ** (cents / 1200.0)
 
 

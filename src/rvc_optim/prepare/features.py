@@ -68,6 +68,8 @@ class Embedder:
         if audio.ndim != 1 or len(audio) < _RECEPTIVE_FIELD:
             raise ValueError(f"content features need 1-D 16 kHz audio of at least {_RECEPTIVE_FIELD} samples "
                              f"(25 ms), got shape {audio.shape}")
+        if not np.isfinite(audio).all():
+            raise ValueError("content features need finite audio: this clip contains NaN or inf samples")
         return audio
 
     def _run(self, clips: list[np.ndarray]) -> list[np.ndarray]:
@@ -119,7 +121,8 @@ def _load_folder(path: Path):
                          "expected 'hubert' (HuBERT or ContentVec)")
     transformers = _transformers()
     try:
-        model = transformers.HubertModel.from_pretrained(path)
+        # float32 whatever the file holds (fp16 ContentVec copies exist); the folder only, never the Hub
+        model = transformers.HubertModel.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"embedder folder {path}: cannot load its weights ({str(err).splitlines()[0]})") from None
     prep = path / "preprocessor_config.json"

@@ -26,13 +26,12 @@ from torch import nn
 
 from rvc_optim.prepare._batch import run_grouped
 from rvc_optim.prepare._optional import require
-from rvc_optim.prepare.f0 import HOP, SAMPLE_RATE, F0Estimator, f0_frames
+from rvc_optim.prepare.f0 import CENTS_FIRST_BIN, HOP, SAMPLE_RATE, F0Estimator, f0_frames
 
 __all__ = ["E2E", "RmvpeEstimator", "decode_salience", "log_mel"]
 
 N_BINS = 360
 N_MELS = 128
-CENTS_FIRST_BIN = 1997.3794084376191
 CENTS_PER_BIN = 20.0
 THRESHOLD = 0.03
 _WINDOW = 1024
