@@ -66,26 +66,49 @@ def test_older_fairseq_args_namespace_loads_through_stand_ins(saved, reference, 
     np.testing.assert_allclose(emb(audio), reference(audio), atol=1e-5)
 
 
-def test_fairseq_classes_in_the_pickle_never_run(saved, tmp_path, monkeypatch):
-    """A checkpoint naming fairseq's Dictionary (as hubert_base.pt's task_state does) loads without it."""
-    ran = []
+class _Foreign:
+    """A class pickled under another package's name; unpickling it would record its state in ``ran``."""
 
-    class Dictionary:
-        def __setstate__(self, state):
-            ran.append(state)
+    ran: list = []
 
-    Dictionary.__module__, Dictionary.__qualname__ = "fairseq.data.dictionary", "Dictionary"
-    packages = ("fairseq", "fairseq.data", "fairseq.data.dictionary")
-    for name in packages:
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    sys.modules["fairseq.data.dictionary"].Dictionary = Dictionary
-    d = Dictionary()
-    d.symbols = ["<s>", "<pad>"]
-    path = _resave(saved["fairseq"], tmp_path / "dict.pt", lambda c: c.update(task_state={"dictionaries": [d]}))
-    for name in packages:
-        monkeypatch.delitem(sys.modules, name)
+    def __init__(self, **state):
+        self.__dict__.update(state)
+
+    def __setstate__(self, state):
+        _Foreign.ran.append(state)
+
+
+def _save_with_foreign_classes(src, dst, monkeypatch, names, build):
+    """Resave ``src`` with ``build(classes)`` merged in, the classes importable under ``names`` only while saving."""
+    classes = {}
+    for name in names:
+        module, _, qualname = name.rpartition(".")
+        classes[qualname] = type(qualname, (_Foreign,), {"__module__": module})
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):
+            package = ".".join(parts[:i])
+            monkeypatch.setitem(sys.modules, package, sys.modules.get(package) or types.ModuleType(package))
+        setattr(sys.modules[module], qualname, classes[qualname])
+    path = _resave(src, dst, lambda ckpt: ckpt.update(build(classes)))
+    monkeypatch.undo()
+    return path
+
+
+def test_fairseq_classes_in_the_pickle_never_run(saved, reference, tmp_path, monkeypatch):
+    """fairseq's Dictionary (hubert_base.pt's task_state) and an omegaconf cfg load without their packages."""
+    def build(c):
+        node = lambda value: c["AnyNode"](_val=value, _metadata=None, _parent=None)  # noqa: E731
+        conf = lambda d: c["DictConfig"](_content={k: node(v) for k, v in d.items()}, _metadata=None)  # noqa: E731
+        cfg = torch.load(saved["fairseq"], weights_only=True)["cfg"]
+        return {"cfg": c["DictConfig"](_content={"model": conf(cfg["model"]), "task": conf(cfg["task"])}),
+                "task_state": {"dictionaries": [c["Dictionary"](symbols=["<s>", "<pad>"])]}}
+
+    names = ["fairseq.data.dictionary.Dictionary", "omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode"]
+    path = _save_with_foreign_classes(saved["fairseq"], tmp_path / "foreign.pt", monkeypatch, names, build)
     emb = load_embedder(path)
-    assert "stand-ins for fairseq.data.dictionary.Dictionary" in emb.origin and not ran
+    assert all(name in emb.origin for name in names) and not _Foreign.ran
+    audio = glide()[:4000]
+    np.testing.assert_allclose(emb(audio), reference(audio), atol=1e-5)
 
 
 def _drop(key):
