@@ -17,10 +17,6 @@ from rvc_optim.train.export import load_exported
 
 from .conftest import write_recordings
 
-pytestmark = pytest.mark.skipif(getattr(features, "FAKE", False),
-                                reason="needs rvc_optim.prepare.f0 and .features (the f0/features branch)")
-
-
 def test_recordings_to_model_and_index(tmp_path, capsys):
     embedder = features.save_random_embedder(tmp_path / "hubert", fmt="transformers")
     src, data, run = tmp_path / "rec", tmp_path / "logs" / "voice", tmp_path / "runs" / "voice"
