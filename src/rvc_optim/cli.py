@@ -1,4 +1,4 @@
-"""The ``rvc-optim`` command: list, show, recommend, bench, train, prepare and index."""
+"""The ``rvc-optim`` command: list, show, recommend, bench, train, prepare, index and evaluate."""
 
 from __future__ import annotations
 
@@ -142,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
         prepare_cli.add_parsers(sub)
     except ImportError:
         pass
+    from rvc_optim.evaluate import cli as evaluate_cli
+
+    evaluate_cli.add_arguments(sub.add_parser(
+        "evaluate", help="convergence benchmark: measured ratings", description=evaluate_cli.DESCRIPTION))
     return parser
 
 
@@ -174,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rvc_optim.prepare import cli as prepare_cli
 
             return prepare_cli.run(args)
+        elif args.command == "evaluate":
+            from rvc_optim.evaluate import cli as evaluate_cli
+
+            return evaluate_cli.run(args)
     except ValueError as err:
         print(f"rvc-optim: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,26 @@
+"""The convergence benchmark (``rvc-optim evaluate``): measured ratings instead of the guide's stars.
+
+Every optimizer trains on two tasks (:mod:`.tasks`: RVC through the engine's ``train_step``, and the
+generator's decoder alone as a vocoder) from the same initial weights and data order, at its
+recommended settings and a sweep around them, over several seeds (:mod:`.sweep`); :mod:`.results`
+writes the CSVs, the markdown table, the plots and the measured 1-5 ratings; :mod:`.runner` runs the
+plan with ``--resume``, a progress bar with an ETA and an optional time budget; :mod:`.cli` is the
+command line.
+
+Sizing (what the budget forced). The full benchmark must fit in 4 hours of a 2-core CPU shared with
+other work. Measured with one torch thread while the machine was lightly busy (load average about
+1.3 on 2 cores; under a load of 11 one 2-thread run did not finish 20 steps in 10 minutes, hence one
+thread): an RVC ``tiny`` step (batch 4, G and D) takes 0.56 s with AdamW or Lion, a vocoder step 0.15 s;
+a validation about 0.35 s (RVC, 3 held-out clips) and 0.05 s (vocoder). With 43 optimizers, 3 sweep
+settings and 3 seeds, the budget allows:
+
+* 50 RVC steps and 150 vocoder steps per run (the demo trains 150 RVC steps; a few thousand would be
+  needed to rank late convergence: these numbers rank the *early* descent, which is what a user
+  trying an optimizer on a new voice sees first);
+* the sweep on one seed, then the best setting on the other two (5 runs per optimizer and task,
+  not 9): about 28 + 23 s of steps per run pair plus validations, about 56 s per optimizer and
+  setting-seed, 215 run pairs, about 3.3 hours at the measured speed;
+* the ``tiny`` config only (the 40k config's CPU step is about 30 times slower).
+
+The plan is written in ``docs/evaluate.md`` with the commands that run it in chunks.
+"""
