@@ -13,7 +13,7 @@ from rvc_optim.cli import main
 from rvc_optim.evaluate import runner
 from rvc_optim.evaluate.results import read_csv, read_markdown_tables, rating, summarize
 from rvc_optim.evaluate.runner import EvalOptions, ResumeMismatch, run_benchmark
-from rvc_optim.evaluate.sweep import RunKey, plan_runs, sweep_settings
+from rvc_optim.evaluate.sweep import RunKey, plan_runs, run_kwargs, sweep_settings
 from rvc_optim.records import attach_measured_ratings, read_measured_ratings
 from rvc_optim.registry import optimizer_info, register, unregister
 
@@ -119,6 +119,9 @@ def test_plan_sweeps_one_seed_then_the_best_setting():
     losses = {settings[0].factor: math.nan, settings[1].factor: 2.0, settings[2].factor: 1.0}
     later = list(plan_runs("rvc", "AdamW", settings, 3, losses))[3:]
     assert [(k.factor, k.seed) for k in later] == [(3.0, 1), (3.0, 2)]
+    sf = sweep_settings("ScheduleFreeAdamW")[1]
+    assert run_kwargs("ScheduleFreeAdamW", sf, 50) == {"lr": sf.value, "warmup_steps": 5}  # not 1000 of 50
+    assert run_kwargs("ScheduleFreeAdamW", sf, 20000) == {"lr": sf.value}
 
 
 def test_measured_ratings_reach_the_records_and_the_cli(tmp_path, capsys):

@@ -20,7 +20,8 @@ settings and 3 seeds, the budget allows:
 * the sweep on one seed, then the best setting on the other two (5 runs per optimizer and task,
   not 9): about 28 + 23 s of steps per run pair plus validations, about 56 s per optimizer and
   setting-seed, 215 run pairs, about 3.3 hours at the measured speed;
-* the ``tiny`` config only (the 40k config's CPU step is about 30 times slower).
+* the ``tiny`` config only (the 40k config's CPU step is about 37 times the tiny one's:
+  12.5 s against 0.34 s in ``benchmarks/results/README.md``).
 
 The plan is written in ``docs/evaluate.md`` with the commands that run it in chunks.
 """

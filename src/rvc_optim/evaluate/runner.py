@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rvc_optim.evaluate.results import ResultStore, Summary, write_reports
-from rvc_optim.evaluate.sweep import RunKey, plan_runs, runs_per_optimizer, sweep_settings
+from rvc_optim.evaluate.sweep import RunKey, plan_runs, run_kwargs, runs_per_optimizer, sweep_settings
 from rvc_optim.evaluate.tasks import TASKS, measure
 
 __all__ = ["EvalOptions", "run_benchmark", "ResumeMismatch"]
@@ -108,7 +108,7 @@ def _run_one(task, key: RunKey, setting, opts: EvalOptions, store: ResultStore, 
         bar.update(1)
 
     try:
-        session = task.session(key.optimizer, setting.kwargs(), key.seed, steps)
+        session = task.session(key.optimizer, run_kwargs(key.optimizer, setting, steps), key.seed, steps)
         outcome = measure(session, steps, opts.eval_every(key.task), tick)
         store.add(key, setting, steps, outcome, time.perf_counter() - start)
     except Exception as err:  # noqa: BLE001 - recorded, then the benchmark goes on

@@ -11,6 +11,11 @@ Each optimizer runs at its record's recommended settings and at a sweep around t
   class takes (A2Grad's ``lips``, the inverse of its step size), divided by :data:`LR_FACTORS`, so a
   larger factor is a larger step there too.
 
+Warm-ups are scaled to the run: a recommended warm-up (an integer argument of
+:data:`WARMUP_ARGUMENTS`: schedule-free's ``warmup_steps`` of 1000, Apollo's ``warmup`` of 500) longer than
+:data:`WARMUP_FRACTION` of the run is cut to that fraction; otherwise a 50-step run would spend every
+step warming up and measure nothing but the warm-up (:func:`run_kwargs`).
+
 The budget (see :mod:`rvc_optim.evaluate`) forces a two-stage plan: every setting runs with the first
 seed (the sweep), then the setting with the lowest final loss on that seed (a diverged setting counts as
 worst; ties: the recommended one) runs the remaining seeds. The plan is a pure function of the
@@ -26,11 +31,13 @@ from typing import Any, Iterator, Mapping
 from rvc_optim.registry import optimizer_info
 
 __all__ = ["LR_FACTORS", "MULTIPLIER_FACTORS", "STEP_COEFFICIENTS", "Setting", "RunKey", "sweep_settings",
-           "plan_runs", "best_factor"]
+           "plan_runs", "best_factor", "run_kwargs"]
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 MULTIPLIER_FACTORS = (0.5, 1.0, 2.0)
 STEP_COEFFICIENTS = ("lips",)
+WARMUP_ARGUMENTS = ("warmup_steps", "warmup")
+WARMUP_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,16 @@ def sweep_settings(name: str, sweep: bool = True) -> list[Setting]:
     factors = (MULTIPLIER_FACTORS if role == "multiplier" else LR_FACTORS) if sweep else (1.0,)
     base = _recommended(record, "lr")
     return [Setting("lr", f, base * f) for f in factors]
+
+
+def run_kwargs(name: str, setting: Setting, steps: int) -> dict[str, Any]:
+    """The keyword arguments of one run: the setting, plus warm-ups cut to :data:`WARMUP_FRACTION` of ``steps``."""
+    out = setting.kwargs()
+    for key in WARMUP_ARGUMENTS:
+        value = optimizer_info(name).recommended.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > WARMUP_FRACTION * steps:
+            out[key] = max(1, int(WARMUP_FRACTION * steps))
+    return out
 
 
 def best_factor(losses: Mapping[float, float]) -> float:
