@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
         skipped = [n for n in list_optimizers() if n not in opts.optimizers]
         if skipped:
             print(f"not implemented in this version, not evaluated: {', '.join(skipped)}", flush=True)
-    summaries, complete = run_benchmark(opts)
+    try:
+        summaries, complete = run_benchmark(opts)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished runs are in {opts.out / 'runs.csv'}; the same command with --resume "
+              "continues", flush=True)
+        return 130
     print(f"{len(summaries)} optimizer/task summaries in {opts.out / 'results.md'}", flush=True)
     if not complete:
         print(f"stopped after --max-minutes {args.max_minutes:g}: run the same command with --resume to continue",

@@ -207,7 +207,7 @@ def summarize(rows: list[dict[str, str]], curve_rows: list[dict[str, str]]) -> l
 # --------------------------------------------------------------------------------------------------
 
 TABLE_HEADER = ("Rank", "Optimizer", "Best setting", "Final loss (mean ± std)", "Seeds", "Sweep spread",
-                "Diverged runs", "Steps to target", "Seconds to target", "Step ms", "State KiB",
+                "Diverged or failed", "Steps to target", "Seconds to target", "Step ms", "State KiB",
                 "Measured", "Guide")
 
 

@@ -269,6 +269,16 @@ def stft_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return total / len(STFT_RESOLUTIONS)
 
 
+def _mel_l1(y_hat: torch.Tensor, mel: torch.Tensor, cfg) -> torch.Tensor:
+    """L1 between the log-mel of the waveform ``y_hat [B, T]`` and ``mel [B, M, L]`` (over common frames)."""
+    from rvc_optim.train.mel import mel_spectrogram
+
+    gen = mel_spectrogram(y_hat, cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate, cfg.hop_length, cfg.win_length,
+                          cfg.mel_fmin, cfg.mel_fmax)
+    n = min(gen.shape[-1], mel.shape[-1])
+    return F.l1_loss(gen[..., :n], mel[..., :n])
+
+
 class VocoderSession:
     """One vocoder run: :class:`MelVocoder` from ``seed``, batches of random segments drawn from a
     generator seeded with ``seed``, the optimizer through its protocol driver."""
@@ -300,14 +310,8 @@ class VocoderSession:
         return _segments(self.clips, starts, frames, self.cfg.hop_length)
 
     def _loss(self, mel, wave, f0) -> torch.Tensor:
-        from rvc_optim.train.mel import mel_spectrogram
-
-        cfg = self.cfg
         y_hat = self.model(mel, f0).squeeze(1)
-        y_hat_mel = mel_spectrogram(y_hat, cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate, cfg.hop_length,
-                                    cfg.win_length, cfg.mel_fmin, cfg.mel_fmax)
-        n = min(y_hat_mel.shape[-1], mel.shape[-1])
-        return cfg.c_mel * F.l1_loss(y_hat_mel[..., :n], mel[..., :n]) + stft_loss(y_hat, wave)
+        return self.cfg.c_mel * _mel_l1(y_hat, mel, self.cfg) + stft_loss(y_hat, wave)
 
     def step(self) -> bool:
         from rvc_optim.train.loop import grad_norm
@@ -334,19 +338,14 @@ class VocoderSession:
 
     def validate(self) -> float:
         from rvc_optim.train.loop import evaluation_weights
-        from rvc_optim.train.mel import mel_spectrogram
 
-        cfg = self.cfg
         mel, _wave, f0 = self.heldout
         with torch.no_grad(), evaluation_weights([(self.model, self.driver)]), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.model.eval()
             y_hat = self.model(mel, f0).squeeze(1)
             self.model.train()
-        gen = mel_spectrogram(y_hat, cfg.n_fft, cfg.n_mel_channels, cfg.sample_rate, cfg.hop_length,
-                              cfg.win_length, cfg.mel_fmin, cfg.mel_fmax)
-        n = min(gen.shape[-1], mel.shape[-1])
-        return F.l1_loss(gen[..., :n], mel[..., :n]).item()
+        return _mel_l1(y_hat, mel, self.cfg).item()
 
 
 def _heldout_segments(clips, cfg):
