@@ -223,7 +223,7 @@ def read_measured_ratings(path: str | os.PathLike[str]) -> dict[str, tuple[Measu
 def _contradiction(record: OptimizerInfo, m: MeasuredRating) -> str:
     """A plain sentence where the measurement contradicts the guide's stars (4+ measured 2 or less, or
     2.5 or less measured 5); else empty."""
-    if not (record.rating >= 4.0 and m.rating <= 2 or record.rating <= 2.5 and m.rating >= 5):
+    if not ((record.rating >= 4.0 and m.rating <= 2) or (record.rating <= 2.5 and m.rating >= 5)):
         return ""
     what = "diverged in every run of its best setting" if not math.isfinite(m.final_loss) else f"measured {m.rating}/5"
     return (f" Measured on the {m.task} task (rvc-optim evaluate, {m.steps} steps, {m.seeds} seeds): it {what}, "
