@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 from rvc_optim.evaluate.tasks import TASKS
@@ -61,6 +62,8 @@ def options_from_args(args: argparse.Namespace):
     for flag in ("steps", "seeds", "evals", "threads"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1")
+    if args.plots and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("the plots need matplotlib: pip install 'rvc-optim[evaluate]', or pass --no-plots")
     vocoder = args.vocoder_steps or (args.steps if args.smoke else 3 * args.steps)
     return EvalOptions(optimizers=names, out=args.out, tasks=args.tasks, steps={"rvc": args.steps, "vocoder": vocoder},
                        seeds=args.seeds, sweep=args.sweep, evals=args.evals, resume=args.resume, threads=args.threads,

@@ -298,10 +298,8 @@ def results_markdown(summaries: list[Summary], meta: dict) -> str:
 
 def _pyplot():
     """matplotlib's pyplot on the Agg backend (an optional dependency: the ``evaluate`` extra)."""
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ImportError("the plots need matplotlib: pip install 'rvc-optim[evaluate]' (or pass --no-plots)") from err
+    import matplotlib  # the CLI checks first that it is installed (the `evaluate` extra)
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
