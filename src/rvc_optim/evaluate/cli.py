@@ -22,10 +22,12 @@ SMOKE = {"optimizers": ["AdamW", "Lion"], "steps": 4, "seeds": 1, "evals": 2}
 
 
 def _names(text: str) -> list[str]:
+    """``"AdamW, Lion"`` -> ``["AdamW", "Lion"]``."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``rvc-optim evaluate`` (and of ``benchmarks/convergence.py``)."""
     p.add_argument("--optimizers", type=_names, help="comma-separated names (default: every available one)")
     p.add_argument("--tasks", type=_names, default=list(TASKS), help=f"comma-separated, of {','.join(TASKS)} (default: both)")
     p.add_argument("--steps", type=int, default=50, help="optimizer steps of the rvc task (default 50)")

@@ -55,6 +55,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _num(text: str | None) -> float:
+    """A CSV cell as a float (empty: NaN)."""
     return float(text) if text not in (None, "") else math.nan
 
 
@@ -68,9 +69,11 @@ class ResultStore:
         self._done = {(r["task"], r["optimizer"], f"{float(r['factor']):.6g}", int(r["seed"])): r for r in self.rows}
 
     def done(self, key: RunKey) -> bool:
+        """Whether ``key`` has a row in ``runs.csv`` (finished, diverged or failed)."""
         return key.ident in self._done
 
     def final_loss(self, key: RunKey) -> float:
+        """The final loss of a done run (NaN: diverged or failed)."""
         return _num(self._done[key.ident]["final_loss"])
 
     def add(self, key: RunKey, setting: Setting, steps: int, outcome: RunOutcome | None, wall: float,
@@ -216,6 +219,7 @@ def _fmt(value: float, spec: str = ".4f") -> str:
 
 
 def _table_row(rank: int, s: Summary) -> tuple[str, ...]:
+    """The cells of one optimizer's row of the markdown table (:data:`TABLE_HEADER`)."""
     from rvc_optim.registry import optimizer_info
 
     loss = "diverged" if not math.isfinite(s.final_loss) else f"{s.final_loss:.4f} ± {s.final_loss_std:.4f}"

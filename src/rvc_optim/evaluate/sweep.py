@@ -71,6 +71,7 @@ class RunKey:
 
 
 def _recommended(record, argument: str) -> float:
+    """The record's recommended value of ``argument``, else the class default."""
     from rvc_optim.capabilities import constructor_parameters
 
     value = record.recommended.get(argument)

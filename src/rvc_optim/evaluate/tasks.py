@@ -198,6 +198,7 @@ class RVCSession:
             run.epoch += 1
 
     def step(self) -> bool:
+        """One engine iteration on the next batch; False where a model's step was skipped (non-finite)."""
         from rvc_optim.train.loop import train_step
 
         with _quiet():
@@ -205,6 +206,7 @@ class RVCSession:
         return result.ok_d and result.ok_g
 
     def validate(self) -> float:
+        """The engine's validation mel L1, averaged over the held-out clips."""
         from rvc_optim.train.loop import validation_mel_l1
 
         losses = [validation_mel_l1(self.parts, self.run.tc.seed, batch)[0] for batch in self.heldout]
@@ -301,6 +303,7 @@ class VocoderSession:
         self.driver.train()
 
     def _batch(self):
+        """``BATCH_SIZE`` random training segments (clip and start drawn from the run's generator)."""
         frames = self.cfg.segment_frames
         starts = []
         for _ in range(BATCH_SIZE):
@@ -310,10 +313,12 @@ class VocoderSession:
         return _segments(self.clips, starts, frames, self.cfg.hop_length)
 
     def _loss(self, mel, wave, f0) -> torch.Tensor:
+        """``c_mel`` x mel L1 + multi-resolution STFT loss of the vocoded segments."""
         y_hat = self.model(mel, f0).squeeze(1)
         return self.cfg.c_mel * _mel_l1(y_hat, mel, self.cfg) + stft_loss(y_hat, wave)
 
     def step(self) -> bool:
+        """One step on a fresh batch; False (no step) where the loss or a gradient is not finite."""
         from rvc_optim.train.loop import grad_norm
 
         mel, wave, f0 = self._batch()
@@ -337,6 +342,7 @@ class VocoderSession:
         return True
 
     def validate(self) -> float:
+        """Mel L1 of the held-out segments, vocoded at the evaluation weights with fixed source noise."""
         from rvc_optim.train.loop import evaluation_weights
 
         mel, _wave, f0 = self.heldout
@@ -378,6 +384,7 @@ class Task:
             self._heldout = _heldout_segments(_clip_tensors(heldout, cfg), cfg)
 
     def session(self, optimizer: str, settings: Mapping[str, Any], seed: int, steps: int):
+        """A fresh run of ``optimizer`` with ``settings`` (keyword arguments) from ``seed``, ``steps`` long."""
         if self.name == "rvc":
             return RVCSession(self.train_data, self._heldout, optimizer, settings, seed, steps)
         return VocoderSession(self._clips, self._heldout, optimizer, settings, seed, steps)
