@@ -58,6 +58,8 @@ def test_diverging_optimizer_is_recorded_not_dropped(tmp_path, absurd_sgd):
     table = read_markdown_tables((tmp_path / "results.md").read_text(encoding="utf-8"))["vocoder"]
     assert [r["Optimizer"] for r in table] == ["AdamW", absurd_sgd]  # diverged ones last, still listed
     assert table[1]["Final loss (mean ± std)"] == "diverged" and table[1]["Measured"] == "1/5"
+    text = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert f"diverged or failed runs: {absurd_sgd} (1/1)" in text
 
 
 def test_resume_continues_instead_of_restarting(tmp_path, monkeypatch):

@@ -285,6 +285,25 @@ def write_reports(folder: Path, meta: dict, plots: bool = True) -> list[Summary]
     return summaries
 
 
+def highlights(summaries: list[Summary], top: int = 10) -> list[str]:
+    """The closing note's facts: per task the top ``top`` by final loss with their spread, the optimizers
+    with diverged or failed runs, and the largest disagreements with the guide's stars (2 or more)."""
+    from rvc_optim.registry import optimizer_info
+
+    lines = ["## Highlights", ""]
+    for task in dict.fromkeys(s.task for s in summaries):
+        ranked = [s for s in summaries if s.task == task and math.isfinite(s.final_loss)][:top]
+        lines.append(f"* {task}, top {len(ranked)}: " + ", ".join(
+            f"{s.optimizer} {s.final_loss:.4f} ± {s.final_loss_std:.4f}" for s in ranked))
+        diverged = [f"{s.optimizer} ({s.diverged_runs}/{s.runs})" for s in summaries if s.task == task and s.diverged_runs]
+        lines.append(f"* {task}, diverged or failed runs: {', '.join(diverged) or 'none'}")
+    gaps = sorted(((s.rating - optimizer_info(s.optimizer).rating, s) for s in summaries), key=lambda g: -abs(g[0]))
+    far = [f"{s.optimizer} on {s.task}: measured {s.rating}/5, guide {optimizer_info(s.optimizer).rating:.1f}"
+           for gap, s in gaps if abs(gap) >= 2]
+    lines += [f"* largest disagreements with the guide: {'; '.join(far) or 'none of 2 stars or more'}", ""]
+    return lines
+
+
 def results_markdown(summaries: list[Summary], meta: dict) -> str:
     """``results.md``: what was run, on what, then one table and three plots per task."""
     lines = [f"# Convergence benchmark{' (smoke run)' if meta.get('smoke') else ''}", "",
@@ -293,6 +312,7 @@ def results_markdown(summaries: list[Summary], meta: dict) -> str:
              f"Steps: {', '.join(f'{t} {n}' for t, n in meta['steps'].items())}; seeds: {meta['seeds']} (the sweep "
              "runs the first seed, the best setting all of them). Loss: validation mel L1 on held-out clips. "
              "Target: AdamW's final loss. Ratings: see `rvc_optim/evaluate/results.py`.", ""]
+    lines += highlights(summaries)
     for task, table in markdown_tables(summaries).items():
         lines += [f"## Task: {task}", "", table, ""]
         lines += [f"![{task}: {what}]({task}_{what}.png)" for what in ("loss_vs_steps", "loss_vs_seconds", "final_loss")]
