@@ -106,6 +106,7 @@ def test_rating_formula_on_hand_made_results():
             _row("SGD", 1, 0, math.nan)]
     by_name = {s.optimizer: s for s in summarize(rows, [])}
     adamw = by_name["AdamW"]
+    assert adamw.best_setting == "lr=3 (edge)" and by_name["Lion"].best_setting == "lr=1"
     assert adamw.best_factor == 3 and adamw.final_loss == pytest.approx(1.0) and adamw.seeds == 3
     assert adamw.sweep_spread == pytest.approx(1.0) and (adamw.diverged_runs, adamw.runs) == (1, 5)
     assert (adamw.rating, by_name["Lion"].rating, by_name["SGD"].rating) == (5, 2, 1)

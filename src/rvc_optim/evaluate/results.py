@@ -162,7 +162,8 @@ def _time_to_target(curves: list[list[dict]], target: float) -> tuple[float, flo
 
 
 def _optimizer_summary(task: str, name: str, rows: list[dict]) -> Summary:
-    """The summary of one optimizer's runs on one task (target and rating filled in later)."""
+    """The summary of one optimizer's runs on one task (target and rating filled in later). A best
+    setting at either end of the sweep is marked "(edge)": the optimum may lie beyond it."""
     sweep = {_num(r["factor"]): _num(r["final_loss"]) for r in rows if r["seed"] == "0"}
     best = best_factor(sweep) if sweep else 1.0
     best_rows = [r for r in rows if _num(r["factor"]) == best]
@@ -172,7 +173,8 @@ def _optimizer_summary(task: str, name: str, rows: list[dict]) -> Summary:
     state = [_num(r["state_bytes"]) for r in rows if math.isfinite(_num(r["state_bytes"]))]
     return Summary(
         task=task, optimizer=name,
-        best_setting=f"{best_rows[0]['argument']}={_num(best_rows[0]['value']):.3g}" if best_rows else "",
+        best_setting=(f"{best_rows[0]['argument']}={_num(best_rows[0]['value']):.3g}" if best_rows else "")
+        + (" (edge)" if len(sweep) > 1 and best in (min(sweep), max(sweep)) and math.isfinite(sweep[best]) else ""),
         final_loss=statistics.mean(finite) if finite else math.nan,
         final_loss_std=statistics.stdev(finite) if len(finite) > 1 else 0.0 if finite else math.nan,
         seeds=len(finite), sweep_spread=max(spread) - min(spread) if spread else math.nan, runs=len(rows),
