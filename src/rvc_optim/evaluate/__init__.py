@@ -18,8 +18,9 @@ settings and 3 seeds, the budget allows:
   needed to rank late convergence: these numbers rank the *early* descent, which is what a user
   trying an optimizer on a new voice sees first);
 * the sweep on one seed, then the best setting on the other two (5 runs per optimizer and task,
-  not 9): about 28 + 23 s of steps per run pair plus validations, about 56 s per optimizer and
-  setting-seed, 215 run pairs, about 3.3 hours at the measured speed;
+  not 9): about 28 + 23 s of steps per pair of runs plus validations; ``--optimizers AdamW,Lion
+  --steps 50 --seeds 1`` (6 pairs, with data, imports and plots) used 371 s of CPU, so 58-62 s a
+  pair, 215 pairs, about 3.5 hours of CPU (3.1-3.4 for the 39 optimizers available today);
 * the ``tiny`` config only (the 40k config's CPU step is about 37 times the tiny one's:
   12.5 s against 0.34 s in ``benchmarks/results/README.md``).
 
