@@ -82,10 +82,14 @@ def test_resume_continues_instead_of_restarting(tmp_path, monkeypatch):
     with pytest.raises(ResumeMismatch, match="seeds"):
         run_benchmark(replace(_vocoder_options(tmp_path, ["AdamW", "Lion"], resume=True), seeds=2))
 
+    with open(tmp_path / "curves.csv", "a", encoding="utf-8") as f:  # as if Lion was stopped mid-write
+        f.write("vocoder,Lion,1,0,0,0.1,9.9\n")
     monkeypatch.setattr(runner, "_run_one", lambda task, key, *args: (done.append(key), real(task, key, *args)))
     run_benchmark(_vocoder_options(tmp_path, ["AdamW", "Lion"], resume=True))
     assert [k.optimizer for k in done] == ["AdamW", "Lion"]  # AdamW was not run again
     assert [r["optimizer"] for r in read_csv(tmp_path / "runs.csv")] == ["AdamW", "Lion"]
+    lion = [c for c in read_csv(tmp_path / "curves.csv") if c["optimizer"] == "Lion"]
+    assert [c["step"] for c in lion] == ["0", "2"] and "9.9" not in {c["loss"] for c in lion}
 
 
 def _row(optimizer: str, factor: float, seed: int, loss: float, task: str = "rvc") -> dict[str, str]:

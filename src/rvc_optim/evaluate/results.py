@@ -66,7 +66,19 @@ class ResultStore:
         self.folder = folder
         self.runs_path, self.curves_path = folder / "runs.csv", folder / "curves.csv"
         self.rows = read_csv(self.runs_path)
-        self._done = {(r["task"], r["optimizer"], f"{float(r['factor']):.6g}", int(r["seed"])): r for r in self.rows}
+        self._done = {_ident(r): r for r in self.rows}
+        self._drop_orphaned_curves()
+
+    def _drop_orphaned_curves(self) -> None:
+        """Curve rows of a run that was interrupted before its ``runs.csv`` row (written last, the run's
+        "done" mark) are removed, so that the run, done again, is not counted twice."""
+        curves = read_csv(self.curves_path)
+        kept = [c for c in curves if _ident(c) in self._done]
+        if len(kept) != len(curves):
+            tmp = self.curves_path.with_name(f".{self.curves_path.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            _append(tmp, CURVE_FIELDS, kept)
+            tmp.replace(self.curves_path)
 
     def done(self, key: RunKey) -> bool:
         """Whether ``key`` has a row in ``runs.csv`` (finished, diverged or failed)."""
@@ -87,14 +99,19 @@ class ResultStore:
                "step_seconds": "" if outcome is None else f"{outcome.step_seconds:.4f}",
                "state_bytes": "" if outcome is None else outcome.state_bytes,
                "wall_seconds": f"{wall:.1f}", "error": error}
-        _append(self.runs_path, RUN_FIELDS, [row])
         points = [] if outcome is None else outcome.points
         _append(self.curves_path, CURVE_FIELDS, [
             {"task": key.task, "optimizer": key.optimizer, "factor": f"{key.factor:.6g}", "seed": key.seed,
              "step": p.step, "seconds": f"{p.seconds:.3f}", "loss": f"{p.loss:.6g}"} for p in points])
+        _append(self.runs_path, RUN_FIELDS, [row])  # last: the run is done once this row is written
         row = {k: str(v) for k, v in row.items()}
         self.rows.append(row)
         self._done[key.ident] = row
+
+
+def _ident(row: dict[str, str]) -> tuple[str, str, str, int]:
+    """A runs.csv or curves.csv row's run, as :attr:`RunKey.ident`."""
+    return (row["task"], row["optimizer"], f"{float(row['factor']):.6g}", int(row["seed"]))
 
 
 def _append(path: Path, names: Sequence[str], rows: Iterable[dict]) -> None:
