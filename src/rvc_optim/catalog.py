@@ -19,10 +19,12 @@ their authors' defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from rvc_optim.records import CurvatureRefresh, OptimizerInfo, Paper, ParamRouting, Protocol, RunLength, memory_floor
+from rvc_optim.records import attach_measured_ratings
 
 __all__ = ["GOALS", "Goal", "RECORDS"]
 
@@ -1569,3 +1571,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
     ),
 )
+
+#: The measured ratings (``rvc-optim evaluate --publish-ratings``): the benchmark's ratings.csv, as committed.
+MEASURED_RATINGS_FILE = Path(__file__).parent / "data" / "measured_ratings.csv"
+RECORDS = attach_measured_ratings(RECORDS, MEASURED_RATINGS_FILE)

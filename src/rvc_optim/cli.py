@@ -1,4 +1,4 @@
-"""The ``rvc-optim`` command: list, show, recommend, bench, train, prepare and index."""
+"""The ``rvc-optim`` command: list, show, recommend, bench, train, prepare, index and evaluate."""
 
 from __future__ import annotations
 
@@ -30,11 +30,16 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def _measured(record) -> str:
+    """The measured ratings in short (``rvc 4/5, vocoder 5/5``), or "not measured"."""
+    return ", ".join(f"{m.task} {m.rating}/5" for m in record.measured) or "not measured"
+
+
 def render_list(names: Sequence[str]) -> str:
-    rows = [("RATING", "NAME", "CATEGORY", "BEST FOR", "STATUS")]
+    rows = [("RATING", "NAME", "CATEGORY", "BEST FOR", "STATUS", "MEASURED")]
     for name in names:
         r = optimizer_info(name)
-        rows.append((f"{r.rating:.1f}", r.name, r.category, r.best_for, _status(r)))
+        rows.append((f"{r.rating:.1f}", r.name, r.category, r.best_for, _status(r), _measured(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -48,6 +53,7 @@ def render_show(name: str) -> str:
     out = [
         f"{r.name}  {r.stars} ({r.rating:.1f}/5)  [{r.category}]  {_status(r)}",
         f"  best for: {r.best_for}",
+        *([f"  measured: {m.describe()}" for m in r.measured] or ["  measured: not measured (rvc-optim evaluate)"]),
         f"  paper:    {r.paper.citation()}",
         f"  class:    {r.class_path.replace(':', '.')}  (source: {r.source})",
     ]
@@ -142,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         prepare_cli.add_parsers(sub)
     except ImportError:
         pass
+    from rvc_optim.evaluate import cli as evaluate_cli
+
+    evaluate_cli.add_arguments(sub.add_parser(
+        "evaluate", help="convergence benchmark: measured ratings", description=evaluate_cli.DESCRIPTION))
     return parser
 
 
@@ -174,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rvc_optim.prepare import cli as prepare_cli
 
             return prepare_cli.run(args)
+        elif args.command == "evaluate":
+            from rvc_optim.evaluate import cli as evaluate_cli
+
+            return evaluate_cli.run(args)
     except ValueError as err:
         print(f"rvc-optim: error: {err}", file=sys.stderr)
         return 2

@@ -10,8 +10,12 @@ read from it in :mod:`rvc_optim.capabilities`, never typed in by hand.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import importlib
 import importlib.util
+import math
+import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
@@ -20,13 +24,16 @@ from torch.optim import Optimizer
 
 __all__ = [
     "CurvatureRefresh",
+    "MeasuredRating",
     "NotImplementedYet",
     "OptimizerInfo",
     "Paper",
     "ParamRouting",
     "Protocol",
     "RunLength",
+    "attach_measured_ratings",
     "memory_floor",
+    "read_measured_ratings",
 ]
 
 LrRole = Literal["step", "multiplier", "none"]
@@ -181,6 +188,62 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class MeasuredRating:
+    """A 1-5 rating measured by the convergence benchmark (``rvc-optim evaluate``) on one task, with its
+    provenance: the best setting's mean final validation loss (NaN: every run diverged), the steps
+    and seeds behind it, the rvc-optim version, and the results file it was computed from."""
+
+    task: str
+    rating: int
+    final_loss: float
+    steps: int
+    seeds: int
+    version: str
+    source_file: str
+
+    def describe(self) -> str:
+        loss = "diverged" if not math.isfinite(self.final_loss) else f"final loss {self.final_loss:.4f}"
+        return (f"{self.task} {self.rating}/5 ({loss}; {self.steps} steps, {self.seeds} seed(s), "
+                f"rvc-optim {self.version}, {self.source_file})")
+
+
+def read_measured_ratings(path: str | os.PathLike[str]) -> dict[str, tuple[MeasuredRating, ...]]:
+    """``{optimizer name: ratings}`` from the benchmark's ``ratings.csv`` (no file: nothing measured)."""
+    if not os.path.exists(path):
+        return {}
+    out: dict[str, list[MeasuredRating]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["optimizer"], []).append(MeasuredRating(
+                row["task"], int(row["rating"]), float(row["final_loss"]), int(row["steps"]), int(row["seeds"]),
+                row["version"], row["source_file"]))
+    return {name: tuple(ratings) for name, ratings in out.items()}
+
+
+def _contradiction(record: OptimizerInfo, m: MeasuredRating) -> str:
+    """A plain sentence where the measurement contradicts the guide's stars (4+ measured 2 or less, or
+    2.5 or less measured 5); else empty."""
+    if not ((record.rating >= 4.0 and m.rating <= 2) or (record.rating <= 2.5 and m.rating >= 5)):
+        return ""
+    what = "diverged in every run of its best setting" if not math.isfinite(m.final_loss) else f"measured {m.rating}/5"
+    return (f" Measured on the {m.task} task (rvc-optim evaluate, {m.steps} steps, {m.seeds} seeds): it {what}, "
+            f"against the guide's {record.rating:.1f} stars.")
+
+
+def attach_measured_ratings(records: tuple[OptimizerInfo, ...], path: str | os.PathLike[str]) -> tuple[OptimizerInfo, ...]:
+    """``records`` with the measured ratings of ``path`` attached, and a sentence added to ``when_to_use``
+    where a measurement contradicts the guide's stars (so the record cannot disagree with the results)."""
+    measured = read_measured_ratings(path)
+    out = []
+    for record in records:
+        ratings = measured.get(record.name, ())
+        note = "".join(_contradiction(record, m) for m in ratings)
+        out.append(dataclasses.replace(record, measured=ratings, when_to_use=record.when_to_use + note)
+                   if ratings else record)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class OptimizerInfo:
     """One optimizer: the guide's data, our description, the recommendation and the protocol.
 
@@ -211,6 +274,8 @@ class OptimizerInfo:
     # The fp32 bytes one update of the algorithm must move per parameter (:func:`memory_floor`): the
     # benchmark divides by it, for ours and for every published implementation of the same algorithm.
     floor_bytes_per_param: float = float("nan")
+    # Measured by ``rvc-optim evaluate``, loaded from the committed results (never typed in by hand).
+    measured: tuple[MeasuredRating, ...] = ()
 
     def __post_init__(self) -> None:
         if not 2.0 <= self.rating <= 5.0:

@@ -108,7 +108,8 @@ from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_sch
 from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "ResumeError", "Interrupted", "StopRequest", "train",
-           "StepParts", "StepResult", "train_step", "Run", "setup_run", "save_checkpoint", "evaluate", "RunLog",
+           "StepParts", "StepResult", "train_step", "Run", "setup_run", "save_checkpoint", "evaluate",
+           "validation_mel_l1", "RunLog",
            "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -821,9 +822,21 @@ class RunLog:
 
 def evaluate(run: Run, log: RunLog, val_batch: Sequence[torch.Tensor]) -> None:
     """Synthesise the validation item at the evaluation weights; log its mel L1 and mel images."""
-    p, cfg = run.parts, run.parts.cfg
+    val_l1, gen, ref = validation_mel_l1(run.parts, run.tc.seed, val_batch)
+    if log.writer is not None:
+        log.writer.add_scalar("val/mel_l1", val_l1, run.step)
+        log.writer.add_image("val/mel_generated", _mel_image(gen), run.step, dataformats="CHW")
+        log.writer.add_image("val/mel_reference", _mel_image(ref), run.step, dataformats="CHW")
+    log.bar.write(f"step {run.step}: validation mel L1 {val_l1:.4f}")
+
+
+def validation_mel_l1(p: StepParts, seed: int, val_batch: Sequence[torch.Tensor]):
+    """``(mel L1, generated mel, reference mel)`` of the first item of ``val_batch``, synthesised at the
+    evaluation weights from the prior sampled with ``seed`` (what :func:`evaluate` logs; the
+    convergence benchmark calls it on held-out clips)."""
+    cfg = p.cfg
     with torch.no_grad(), evaluation_weights(p.pairs), torch.random.fork_rng(devices=p.fork_devices):
-        torch.manual_seed(run.tc.seed)  # the same prior sample every time
+        torch.manual_seed(seed)  # the same prior sample every time
         p.net_g.eval()
         phone, phone_lengths, pitch, pitchf, spec, *_rest, sid = val_batch
         o = p.net_g.infer(phone, phone_lengths, pitch, pitchf, sid)[0]
@@ -834,11 +847,7 @@ def evaluate(run: Run, log: RunLog, val_batch: Sequence[torch.Tensor]) -> None:
         n = min(gen.shape[-1], ref.shape[-1])
         val_l1 = F.l1_loss(gen[:, :n], ref[:, :n]).item()
         p.net_g.train()
-    if log.writer is not None:
-        log.writer.add_scalar("val/mel_l1", val_l1, run.step)
-        log.writer.add_image("val/mel_generated", _mel_image(gen), run.step, dataformats="CHW")
-        log.writer.add_image("val/mel_reference", _mel_image(ref), run.step, dataformats="CHW")
-    log.bar.write(f"step {run.step}: validation mel L1 {val_l1:.4f}")
+    return val_l1, gen, ref
 
 
 # --------------------------------------------------------------------------------------------------
