@@ -27,6 +27,15 @@ The estimate ``hhat``:
   graphs, and is what the training engine calls every ``update_period`` steps (RVC's generator and
   discriminator each on their own loss, after a backward with ``create_graph=True``).
 
+Why Hutchinson in the engine: RVC's losses (mel L1, LSGAN, feature matching, KL) have no output
+distribution to sample labels from, so the Gauss-Newton-Bartlett estimate does not apply, and ``g * g``
+of the real loss is the empirical Fisher, a different quantity (``estimator="squared_grad"`` keeps it
+available at no extra cost). Double backward works through every op of RVC's generator and
+discriminator (weight norm, convolutions, transposed convolutions, attention, the STFT of the mel
+loss; checked on the tiny config on a CPU). Under fp16 with a ``GradScaler`` the gradients' graph is
+that of the scaled loss (``unscale_`` rescales the values, not the graph), so a Hutchinson refresh
+there estimates ``scale * diag H``; use fp32 or bf16 with Sophia.
+
 Pick it as an experiment where a curvature-aware step may help and an extra backward every 10 steps is
 affordable; its lr is about AdamW's. State: ``exp_avg`` and ``hessian`` (two tensors the size of the
 parameter) and a step count.
