@@ -303,8 +303,10 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "An experiment for RVC: built for language-model pre-training, never shown on GAN vocoders. "
             "Each refresh (every 10 steps, for G and D on their own losses) costs a backward pass that "
             "keeps its graph, so roughly one extra step in ten. Start from lr 1e-4, betas (0.8, 0.99), "
-            "rho 0.04 with bs 1 (Hutchinson estimates are already per-sample curvatures) and check that "
-            "the step is not clipped everywhere."
+            "rho 0.04 with bs 1 (the losses are batch means, so their curvature is already per sample). "
+            "The authors aim for 10-50% of coordinates unclipped; on the tiny demo after 30 steps "
+            "(3 refreshes) 11% of the generator's and 1.5% of the discriminator's were: raise rho if "
+            "nearly every step stays a sign step."
         ),
         state="exp_avg, hessian: 2x params (plus a step count)",
         floor_bytes_per_param=memory_floor(1, 1),
