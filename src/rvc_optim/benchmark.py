@@ -231,6 +231,13 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "SWATS",
                   note="decides the switch at the end of the group step"),
     ],
+    # --- issue 15, Sophia: the authors' SophiaG; pytorch_optimizer's SophiaH is the Hutchinson variant
+    "Sophia": [
+        Published("sophia-opt", "sophia_opt", "SophiaG"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "SophiaH",
+                  note="a different algorithm (Gaussian Hutchinson probes inside step(), clip at p); its step 1 "
+                  "draws them and needs gradients made with create_graph=True, which a timing run lacks"),
+    ],
 }
 
 

@@ -3,7 +3,10 @@
 A trainer calls :meth:`ProtocolDriver.train` before training steps and :meth:`ProtocolDriver.eval`
 before evaluating or saving (schedule-free optimizers swap their parameters between the training
 point y and the averaged point x there), asks :meth:`backward_kwargs` how to run backward, and steps
-through :meth:`step`, which refreshes curvature estimates on the protocol's schedule.
+through :meth:`step`, which refreshes curvature estimates on the protocol's schedule: every
+``curvature_refresh.every`` steps, starting with the first, it asks for a backward that keeps the graph
+(where the refresh needs Hessian-vector products) and calls the refresh method after that backward and
+before the step. A trainer that resumes restores :attr:`steps_taken`, so the schedule continues.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class ProtocolDriver:
         self.info = optimizer_info(info) if isinstance(info, str) else info
         self.protocol = self.info.protocol
         self.steps_taken = 0
+        self.refreshes = 0  # curvature refreshes made by this driver (for logs)
 
     @property
     def wants_lr_scheduler(self) -> bool:
@@ -58,6 +62,7 @@ class ProtocolDriver:
             raise ValueError(f"{self.info.name} needs a closure for step()")
         if self.refresh_due():
             getattr(self.optimizer, self.protocol.curvature_refresh.method)()
+            self.refreshes += 1
         if step_fn is not None:
             loss = step_fn()
         else:

@@ -757,6 +757,7 @@ class RunLog:
         self.run = run
         self.history: list[dict[str, float]] = []
         self.skipped_total = 0
+        self._refreshes_logged: dict[str, int] = {}
         self.writer = self.csv_file = self.csv_writer = None
         if main:
             run.run_dir.mkdir(parents=True, exist_ok=True)  # only now: every check of the input has passed
@@ -798,7 +799,8 @@ class RunLog:
         values = torch.stack([self.sums[k] for k in _LOG_KEYS]).div(self.n_logged).tolist()  # the log's sync
         row = {"step": run.step, "epoch": run.epoch, **applied_lr(p.opt_g, p.drv_g, "_g"),
                **applied_lr(p.opt_d, p.drv_d, "_d"), **dict(zip(_LOG_KEYS, values)),
-               "skipped": self.skipped_total, "sec_per_step": (now - self.window_start) / max(1, self.n_logged)}
+               "skipped": self.skipped_total, "sec_per_step": (now - self.window_start) / max(1, self.n_logged),
+               **self._refreshes()}
         self.history.append(row)
         self.csv_writer.writerow(row)
         self.csv_file.flush()
@@ -811,6 +813,15 @@ class RunLog:
         self.bar.set_postfix(loss_g=f"{row['loss_g']:.3f}", mel=f"{row['loss_mel']:.3f}",
                              loss_d=f"{row['loss_d']:.3f}", s_step=f"{row['sec_per_step']:.2f}")
         self._reset_window()
+
+    def _refreshes(self) -> dict[str, int | None]:
+        """Curvature refreshes in the window, per network (no column value where the optimizer makes none)."""
+        out = {}
+        for drv, key in ((self.run.parts.drv_g, "refreshes_g"), (self.run.parts.drv_d, "refreshes_d")):
+            if drv.protocol.curvature_refresh is not None:
+                out[key] = drv.refreshes - self._refreshes_logged.get(key, 0)
+                self._refreshes_logged[key] = drv.refreshes
+        return out
 
     def close(self) -> None:
         self.bar.close()
@@ -985,7 +996,8 @@ def applied_lr(optimizer: torch.optim.Optimizer, driver: ProtocolDriver, suffix:
     return {f"lr{suffix}": lr, f"d{suffix}": d}
 
 
-_CSV_FIELDS = ["step", "epoch", "lr_g", "lr_d", "d_g", "d_d", *_LOG_KEYS, "skipped", "sec_per_step"]
+_CSV_FIELDS = ["step", "epoch", "lr_g", "lr_d", "d_g", "d_d", *_LOG_KEYS, "skipped", "sec_per_step",
+               "refreshes_g", "refreshes_d"]
 
 
 def _open_csv_log(path: Path, step: int):
