@@ -229,6 +229,13 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "SWATS",
                   note="decides the switch at the end of the group step"),
     ],
+    # --- issue 15, SOAP (the authors' soap.py is not packaged) ---
+    "SOAP": [
+        Published("pytorch_optimizer", "pytorch_optimizer", "SOAP", {"max_precondition_dim": 2048},
+                  note="the older variant (m in the original basis, one more rotation per step); eigh in float64"),
+        Published("heavyball", "heavyball", "SOAP", {"merge_dims": False}, compiles=True,
+                  note="its own schedule and storage: float32 state, compiled step"),
+    ],
 }
 
 
