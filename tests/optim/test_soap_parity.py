@@ -24,7 +24,6 @@ and projected every step) with other casts (float64 eigh and power step, float32
 
 from __future__ import annotations
 
-import sys
 from itertools import chain
 
 import pytest
@@ -33,6 +32,7 @@ from torch.optim import Optimizer
 
 from rvc_optim.optim.soap import SOAP
 from tests.optim.parity import assert_close, run_parity
+from tests.optim.test_apollo_parity import import_pytorch_optimizer
 
 STATE_KEYS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "step": "step"}
 GROUPS = [
@@ -274,23 +274,6 @@ def test_parity_on_conv_kernels(settings):
 # --- the older variant: pytorch_optimizer ---------------------------------------------------------------
 
 
-def _import_pytorch_optimizer_soap():
-    """pytorch_optimizer imports transformers when installed; hide a --no-deps transformers if needed."""
-    try:
-        from pytorch_optimizer import SOAP as reference
-    except ImportError:
-        for name in [m for m in sys.modules if m.split(".")[0] == "pytorch_optimizer"]:
-            del sys.modules[name]
-        saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] == "transformers"}
-        sys.modules["transformers"] = None
-        try:
-            from pytorch_optimizer import SOAP as reference
-        finally:
-            del sys.modules["transformers"]
-            sys.modules.update(saved)
-    return reference
-
-
 def test_pytorch_optimizer_is_the_older_variant():
     """pytorch_optimizer keeps m in the original basis (the rule before f42d296) and decomposes in float64.
 
@@ -303,7 +286,7 @@ def test_pytorch_optimizer_is_the_older_variant():
        orthonormal only to about 1e-7, so m is multiplied by Q^T Q != I each step (measured: 9.5e-6
        largest relative difference at step 10, 1e-4 at step 20, free-running).
     """
-    reference = _import_pytorch_optimizer_soap()
+    reference = import_pytorch_optimizer("SOAP")
     settings = dict(precondition_frequency=5)
     groups = [{k: v for k, v in g.items() if k != "shampoo_beta"} for g in GROUPS]
     run_parity(lambda g: reference(g, **settings),
