@@ -1329,7 +1329,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         state=(
             "exp_avg and exp_avg_sq (2x params, in the eigenbasis); per preconditioned dimension of size d a "
-            "d x d factor GG and a d x d basis Q (float32 for half-precision weights); a step count"
+            "d x d factor GG and a d x d basis Q (float32 for half-precision weights); a step count; and, not "
+            "saved in the state_dict, one more d x d product Q^T Q per factor kept between refreshes"
         ),
         floor_bytes_per_param=memory_floor(2),
         recommended={
