@@ -231,21 +231,19 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "SWATS",
                   note="decides the switch at the end of the group step"),
     ],
-<<<<<<< HEAD
     # --- issue 15, Sophia: the authors' SophiaG; pytorch_optimizer's SophiaH is the Hutchinson variant
     "Sophia": [
         Published("sophia-opt", "sophia_opt", "SophiaG"),
         Published("pytorch_optimizer", "pytorch_optimizer", "SophiaH",
                   note="a different algorithm (Gaussian Hutchinson probes inside step(), clip at p); its step 1 "
                   "draws them and needs gradients made with create_graph=True, which a timing run lacks"),
-=======
+    ],
     # --- issue 15, SOAP (the authors' soap.py is not packaged) ---
     "SOAP": [
         Published("pytorch_optimizer", "pytorch_optimizer", "SOAP", {"max_precondition_dim": 2048},
                   note="the older variant (m in the original basis, one more rotation per step); eigh in float64"),
         Published("heavyball", "heavyball", "SOAP", {"merge_dims": False}, compiles=True,
                   note="its own schedule and storage: float32 state, compiled step"),
->>>>>>> soap
     ],
 }
 
