@@ -198,3 +198,16 @@ def test_heavyball_without_compiling_updates_once_gradients_are_reattached():
     finally:
         heavyball.utils.compile_mode = saved
     assert result.status == "ok"
+
+
+def test_state_bytes_counts_tensors_in_lists_and_each_storage_once():
+    """SOAP keeps its per-dimension factors in lists; a tensor shared by two entries is counted once and
+    the parameters themselves never."""
+    from rvc_optim.state_size import state_bytes
+
+    p = torch.nn.Parameter(torch.zeros(10))
+    opt = torch.optim.SGD([p], lr=0.1)
+    shared = torch.zeros(3, 3)
+    opt.state[p] = {"exp_avg": torch.zeros(10), "GG": [torch.zeros(4, 4), []], "Q": [shared, shared],
+                    "nested": {"x": torch.zeros(2)}, "param": p}
+    assert state_bytes(opt) == 4 * (10 + 16 + 9 + 2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -59,10 +59,22 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     seen: dict[tuple[int, int], int] = {}
     values = [v for s in optimizer.state.values() for v in s.values()]
     values += [v for g in optimizer.param_groups for k, v in g.items() if k != "params"]
-    for v in values:
-        if torch.is_tensor(v) and v.untyped_storage().data_ptr() not in params:
+    for v in _tensors_in(values):
+        if v.untyped_storage().data_ptr() not in params:
             seen[(v.untyped_storage().data_ptr(), v.storage_offset())] = v.numel() * v.element_size()
     return sum(seen.values())
+
+
+def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in ``value``, looking into lists, tuples and dicts (SOAP keeps its factors in lists)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item)
 
 
 def measure_state_bytes(name: str, shapes: Sequence[tuple[str, tuple[int, ...]]] = SAMPLE_SHAPES,
