@@ -37,7 +37,6 @@ from torch.optim import Optimizer
 from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
     add_scaled_,
-    addcdiv_scaled_,
     advance_host_steps,
     bias_correction,
     check_betas,
@@ -173,21 +172,24 @@ def muon_adamw_update(
     exp_avg_sqs: list[Tensor],
     *,
     lr: Tensor | float,
-    step_size: Tensor | float,
+    bias_correction1: Tensor | float,
     bias_correction2: Tensor | float,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
 ) -> None:
-    """The authors' auxiliary AdamW: ``p <- p (1 - lr wd) - step_size m / (sqrt(v / bc2) + eps)``."""
+    """The authors' auxiliary AdamW, in their order of operations (so that float32 runs round as theirs):
+    ``p <- p (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps)``."""
     decay_weights_(params, lr, weight_decay)
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1.0 - beta2)
     denom = torch._foreach_div(exp_avg_sqs, bias_correction2)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
-    addcdiv_scaled_(params, exp_avgs, denom, -step_size)
+    update = torch._foreach_div(exp_avgs, bias_correction1)
+    torch._foreach_div_(update, denom)
+    add_scaled_(params, update, -lr)
 
 
 # --- the optimizer -----------------------------------------------------------------------------------------
@@ -241,8 +243,8 @@ class Muon(Optimizer):
     * the Nesterov mix goes to a temporary: ``p.grad`` is not overwritten;
     * matrices of one shape share one batched Newton-Schulz iteration; outside bfloat16 its
       ``b A + c A A`` and ``a X + B X`` are fused ``baddbmm`` calls;
-    * the AdamW step counts ``step`` as the authors do (a Python int per tensor) and folds ``1 / bc1``
-      into the step size.
+    * none in the AdamW part: it counts ``step`` as the authors do (a Python int per tensor, so the
+      bias corrections are exact host arithmetic) and keeps their order of operations.
     """
 
     def __init__(
@@ -393,7 +395,7 @@ class Muon(Optimizer):
                 self._adamw(
                     *tensors,
                     lr=scalar(group["lr"], device, dtype),
-                    step_size=scalar(group["lr"] / bias_correction(beta1, step), device, dtype),
+                    bias_correction1=scalar(bias_correction(beta1, step), device, dtype),
                     bias_correction2=scalar(bias_correction(beta2, step), device, dtype),
                     beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     device_type=device.type,
