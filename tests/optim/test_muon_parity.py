@@ -13,10 +13,13 @@ largest element, since an element crossing zero has no meaningful relative diffe
 * bfloat16 Newton-Schulz, the authors' own mode: ours repeats their bfloat16 operations one by one,
   and their AdamW's, so the runs are bit-identical (0.0) for float64 and float32 parameters;
 * the authors' function run in float64 (its ``G.bfloat16()`` replaced by ``G.double()``, nothing
-  else changed): rtol 1e-9 holds; measured 1.5e-13 (ours fuses ``b A + c A A`` and ``a X + B X``
-  into ``baddbmm`` outside bfloat16, and batches same-shaped matrices);
-* in float32 (``G.float()``): measured 9.8e-6, the same fusing at float32's 6e-8 carried on by the
-  momentum; rtol 1e-4.
+  else changed): rtol 1e-9 holds; measured 9.3e-13 (outside bfloat16 ours runs the same polynomial
+  on the Gram matrix, see ``_gram_newton_schulz``, and batches same-shaped matrices);
+* in float32 (``G.float()``): measured 5.2e-4. The Gram form carries the product Q of the five
+  polynomials, whose largest eigenvalue reaches 3.44^5 = 460 on the weakest directions, so one call
+  can round up to a few hundred float32 ulps there (measured 5e-5 on a square Gaussian 16x16 matrix,
+  7e-7 on wide ones); 200 steps of training feed that back. rtol 2e-3: still twice as tight as the
+  authors' own bfloat16 rounding of a single update (2^-8).
 
 The 3-D (Conv1d) rule is where ours deliberately differs from the authors': tested explicitly, with the
 two results written out. 4-D kernels follow HEAD's rule (0.1.0 crashes on them) written into the test.
@@ -121,14 +124,14 @@ def test_bfloat16_newton_schulz_is_bit_identical_to_the_authors(dtype):
 
 @pytest.mark.parametrize(
     "cast, ns_dtype, rtol, state_atol",
-    [("double", torch.float64, 1e-9, 1e-12), ("float", torch.float32, 1e-4, 1e-6)],
+    [("double", torch.float64, 1e-9, 1e-12), ("float", torch.float32, 2e-3, 1e-5)],
     ids=["float64", "float32"],
 )
 def test_parity_with_the_authors_outside_bfloat16(monkeypatch, cast, ns_dtype, rtol, state_atol):
     """Their iteration run in float64 / float32 (``G.bfloat16()`` replaced by ``G.double()`` /
-    ``G.float()``): ours fuses two products into ``baddbmm`` there, which rounds differently.
-    Measured (largest difference relative to the tensor's largest element, 200 steps): 1.5e-13 in
-    float64, 9.8e-6 in float32, where the momentum carries each rounding difference on."""
+    ``G.float()``); ours runs it on the Gram matrix there, which rounds differently. Measured (largest
+    difference relative to the tensor's largest element, 200 steps): 9.3e-13 in float64, 5.2e-4 in
+    float32 (see the module docstring)."""
     monkeypatch.setattr(authors, "zeropower_via_newtonschulz5", _authors_ns_in(cast))
     _run(lambda g: Muon(g, ns_dtype=ns_dtype), authors.SingleDeviceMuonWithAuxAdam, torch.float64, rtol, state_atol)
 

@@ -120,20 +120,36 @@ def _matches(name: str | None, patterns: Sequence[str]) -> bool:
 def newton_schulz(X: Tensor, steps: int = 5, coefficients: Sequence[float] = NS_COEFFICIENTS) -> Tensor:
     """The authors' quintic Newton-Schulz iteration on a batch ``[B, m, n]`` with ``m <= n``.
 
-    In bfloat16 the authors' operations are kept one by one (their rounding is the reference's); in
-    float32/float64 the two matrix products that are added to a multiple go through ``baddbmm``.
+    In bfloat16 the authors' operations are kept one by one (their rounding is the reference's). In
+    float32/float64 the same polynomial runs on the ``m x m`` Gram matrix (:func:`_gram_newton_schulz`).
     """
     a, b, c = coefficients
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
-    exact = X.dtype == torch.bfloat16
+    if X.dtype != torch.bfloat16:
+        return _gram_newton_schulz(X, steps, coefficients)
     for _ in range(steps):
         A = X @ X.mT
-        if exact:
-            B = b * A + c * A @ A
-            X = a * X + B @ X
-        else:
-            X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+        B = b * A + c * A @ A
+        X = a * X + B @ X
     return X
+
+
+def _gram_newton_schulz(X: Tensor, steps: int, coefficients: Sequence[float]) -> Tensor:
+    """Each step is ``X <- P X`` with ``P = a I + b A + c A^2`` a polynomial of ``A = X X^T``; so
+    ``A <- P A P`` and the product ``Q`` of the ``P``s can be carried on the ``m x m`` matrices alone,
+    and ``X`` multiplied once at the end: ``4 m^2 n + 17 m^3`` multiply-adds instead of
+    ``20 m^2 n + 10 m^3`` (3x fewer for RVC's [1024, 5120] kernels). The same in exact arithmetic;
+    in float32 it rounds differently (measured in the parity test), and bfloat16 keeps the authors' form."""
+    a, b, c = coefficients
+    A = X @ X.mT
+    Q = None
+    for i in range(steps):
+        P = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        P.diagonal(dim1=-2, dim2=-1).add_(a)
+        Q = P if Q is None else P @ Q
+        if i < steps - 1:
+            A = P @ (A @ P)
+    return X if Q is None else Q @ X
 
 
 def orthogonalize(updates: list[Tensor], steps: int = 5, dtype: torch.dtype = torch.bfloat16,
@@ -241,8 +257,8 @@ class Muon(Optimizer):
       dimensions (``sqrt(max(1, kh / kw))``);
     * routing is automatic (the authors need every group marked ``use_muon``);
     * the Nesterov mix goes to a temporary: ``p.grad`` is not overwritten;
-    * matrices of one shape share one batched Newton-Schulz iteration; outside bfloat16 its
-      ``b A + c A A`` and ``a X + B X`` are fused ``baddbmm`` calls;
+    * matrices of one shape share one batched Newton-Schulz iteration; outside bfloat16 it runs on
+      the Gram matrix (the same polynomial, about 3x fewer multiply-adds on wide kernels);
     * none in the AdamW part: it counts ``step`` as the authors do (a Python int per tensor, so the
       bias corrections are exact host arithmetic) and keeps their order of operations.
     """
