@@ -245,6 +245,17 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("heavyball", "heavyball", "SOAP", {"merge_dims": False}, compiles=True,
                   note="its own schedule and storage: float32 state, compiled step"),
     ],
+    # --- issue 15, Muon: each given our split (rvc_optim.bench_muon), none routes by itself ---
+    "Muon": [
+        Published("muon-optimizer", "rvc_optim.bench_muon", "authors_muon",
+                  note="authors' SingleDeviceMuonWithAuxAdam 0.1.0: Conv1d kernels as out separate in x k "
+                       "matrices; crashes on 4-D kernels (the discriminator)"),
+        Published("pytorch_optimizer", "rvc_optim.bench_muon", "pytorch_optimizer_muon"),
+        Published("torch", "rvc_optim.bench_muon", "torch_muon",
+                  note="torch.optim.Muon takes 2-D tensors only: RVC's kernels are 3-D and 4-D, so it cannot run"),
+        Published("heavyball", "heavyball", "Muon", compiles=True,
+                  note="a different algorithm (its own Newton-Schulz schedule, Adam-style betas), on every tensor"),
+    ],
 }
 
 

@@ -247,36 +247,50 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             venue="blog post, kellerjordan.github.io/posts/muon",
         ),
         description=(
-            "Momentum SGD whose update for each weight matrix is replaced by the nearest semi-orthogonal "
-            "matrix: five Newton-Schulz iterations in bfloat16 push all singular values of the Nesterov "
-            "momentum towards one. The step therefore has the same size in every direction of the "
-            "matrix, whatever the gradient's conditioning. It applies only to 2-D and larger weights; "
-            "embeddings, biases, gains and other 1-D tensors are trained by an internal AdamW. Per "
-            "matrix it keeps a single momentum buffer."
+            "Momentum SGD for hidden weight matrices, with the step replaced by an orthogonalised one: the "
+            "Nesterov momentum of each weight, read as an [out, in*k] matrix for conv kernels, is normalised "
+            "and put through five quintic Newton-Schulz iterations, which move all of its singular values "
+            "close to one. Every direction of the matrix then takes a step of about the same size. Tensors "
+            "that are not hidden matrices (biases, gains, weight-norm magnitudes, embeddings, the input "
+            "layers on a raw signal and the output heads) are trained by an AdamW inside the same optimizer."
         ),
         when_to_use=(
-            "An experiment for RVC: it was developed for transformer pre-training, and its learning rate "
-            "is a spectral step size (about 0.02), not an AdamW one. Pass the model itself (or named "
-            "parameters) so it can route each tensor."
+            "An experiment for RVC: the method comes from transformer and small-CNN training, not vocoders. "
+            "Its lr is a step in spectral norm: start at 0.02 with momentum 0.95 for the matrices and the "
+            "authors' AdamW settings (adamw_lr 3e-4, betas (0.9, 0.95)) for the rest; RVC's lr 1e-4 would "
+            "barely move the matrices. Hand it the model (or named_parameters()) so the routing can use "
+            "names; check optimizer.param_roles() and mark tensors with muon_patterns / adamw_patterns."
         ),
-        state="momentum_buffer: 1x for Muon-routed weights; exp_avg, exp_avg_sq: 2x for the AdamW-routed rest",
+        state=(
+            "momentum_buffer: 1x for the Newton-Schulz weights; exp_avg, exp_avg_sq: 2x and a Python int step "
+            "for the AdamW tensors"
+        ),
         floor_bytes_per_param=memory_floor(1),
         recommended={"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0},
         protocol=Protocol(
             param_routing=ParamRouting(
                 rule=(
-                    "2-D and larger weights (conv kernels flattened) go to Newton-Schulz orthogonalised "
-                    "momentum, embeddings, biases, gains and 1-D tensors to AdamW"
+                    "tensors of 2+ dimensions go to Newton-Schulz, conv kernels [out, in, k...] as one "
+                    "[out, in*k] matrix; to AdamW: 1-D tensors, biases, one-per-channel gains and weight-norm "
+                    "magnitudes ([C, 1, 1], weight_g, original0), embeddings (nn.Embedding, names with an "
+                    "'emb...' part), output heads (one output channel) and convs on a one-channel signal "
+                    "([C, 1, k]); muon_patterns, adamw_patterns or a group's use_muon override it, and "
+                    "optimizer.param_roles() shows the result"
                 ),
                 wants_names=True,
             )
         ),
         aliases=("muon-adamw", "muonwithauxadam"),
         corrections=(
-            "Muon is a first-order method: orthogonalising the momentum uses no curvature information",
+            "Muon is a first-order method: orthogonalising the momentum uses no curvature information, "
+            "so 'Second-Order' describes it only loosely",
             "the source is Keller Jordan's 2024 blog post 'Muon: An optimizer for hidden layers in neural "
-            "networks'; the scaled-up follow-up is Liu et al., 2025, arXiv:2502.16982",
-            "it only updates 2-D and larger weights itself; the remaining tensors need AdamW",
+            "networks', not a 2025 paper called 'Momentum Orthogonalized Gradient Descent'; the scaled-up "
+            "follow-up is Liu et al., 2025, arXiv:2502.16982",
+            "it orthogonalises the momentum matrix of each weight, not a momentum vector; biases, gains and "
+            "embeddings need AdamW, which this class runs for them",
+            "a Newton-Schulz iteration that drops the c*A*A term (as the guide's code did) is not Muon and "
+            "diverges on RVC's shapes",
         ),
     ),
     OptimizerInfo(

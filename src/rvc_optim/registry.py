@@ -185,7 +185,9 @@ def _as_param_groups(params: Any) -> list[dict[str, Any]]:
 def create_optimizer(name: str, params: Any, **kwargs: Any) -> Optimizer:
     """Build the optimizer ``name`` over ``params`` (tensors, param-group dicts, or an ``nn.Module``).
 
-    Settings are the record's ``recommended`` values overridden by ``kwargs``. Generic
+    Settings are the record's ``recommended`` values overridden by ``kwargs``. A module goes to a class
+    whose protocol routes parameters by name (``param_routing.wants_names``) as ``(name, tensor)`` pairs,
+    to the others as decay / no-decay groups. Generic
     hyper-parameters the class does not take are dropped with one warning; other unknown arguments
     raise ``TypeError``. ``num_iterations`` (the run length) is translated for optimizers whose
     protocol needs it and ignored by the rest. For AdamW, Adam, SGD and Adagrad torch's fused kernel
@@ -249,7 +251,13 @@ def create_optimizer(name: str, params: Any, **kwargs: Any) -> Optimizer:
         )
 
     module = params if isinstance(params, nn.Module) else None
-    if module is not None:
+    routing = record.protocol.param_routing
+    if module is not None and routing is not None and routing.wants_names:
+        # The class routes tensors by name itself: (name, tensor) pairs, no decay split.
+        param_groups = [{"params": [(n, p) for n, p in module.named_parameters() if p.requires_grad]}]
+        if not param_groups[0]["params"]:
+            raise ValueError("the module has no trainable parameters")
+    elif module is not None:
         wd = settings.get("weight_decay", 0.0) if caps.weight_decay else 0.0
         param_groups = param_groups_weight_decay(module, wd) if caps.weight_decay else [
             {"params": [p for p in module.parameters() if p.requires_grad]}

@@ -104,7 +104,7 @@ from rvc_optim.train.export import export_small_model
 from rvc_optim.train.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from rvc_optim.train.mel import mel_spectrogram, spec_to_mel
 from rvc_optim.train.model import build_discriminator, build_generator, commons
-from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_scheduler
+from rvc_optim.train.optim_setup import RVC_LR_DECAY, build_optimizer, build_scheduler, routing_summary
 from rvc_optim.train.weight_norm_keys import load_rvc_state_dict, to_legacy_state_dict
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "ResumeError", "Interrupted", "StopRequest", "train",
@@ -673,6 +673,9 @@ def setup_run(tc: TrainConfig, info: distributed.DistInfo, device: torch.device)
     if main:
         for who, drv in (("generator", drv_g), ("discriminator", drv_d)):
             print(f"{who} optimizer {drv.info.name}: {'; '.join(drv.protocol.lines())}", flush=True)
+            routing = routing_summary(drv)
+            if routing:
+                print(f"{who} parameter routing: {routing}", flush=True)
     use_scaler = tc.precision == "fp16"
     for drv in (drv_g, drv_d):
         if drv.protocol.needs_closure and use_scaler:

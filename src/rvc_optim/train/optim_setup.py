@@ -9,8 +9,8 @@ Nothing here branches on an optimizer's name: every decision comes from the opti
 * ``num_iterations`` (total optimizer steps) is always passed; the registry translates it for
   optimizers that need the run length and ignores it for the rest.
 * The generator or discriminator module itself goes to ``create_optimizer``, so optimizers that
-  route parameters by name or role (``protocol.param_routing``) get them, and the rest get the
-  registry's decay / no-decay split.
+  route parameters by name or role (``protocol.param_routing``) get ``(name, tensor)`` pairs, and the
+  rest get the registry's decay / no-decay split; :func:`routing_summary` says how they were routed.
 * RVC's ``ExponentialLR(gamma=0.999875)`` per epoch is made only where
   ``protocol.wants_lr_scheduler`` (an ordinary step-size lr and no schedule of its own).
 """
@@ -43,6 +43,7 @@ __all__ = [
     "optimizer_settings",
     "build_optimizer",
     "build_scheduler",
+    "routing_summary",
 ]
 
 #: RVC's ``train.lr_decay``: ExponentialLR's gamma, stepped once per epoch.
@@ -216,6 +217,15 @@ def build_optimizer(
     settings = optimizer_settings(record, lr=lr, betas=betas, eps=eps, extra=extra, who=who)
     optimizer = create_optimizer(record.name, module, num_iterations=num_iterations, **settings)
     return optimizer, ProtocolDriver(optimizer, record)
+
+
+def routing_summary(driver: ProtocolDriver) -> str | None:
+    """How an optimizer that routes parameters itself (``protocol.param_routing``) split them, from its
+    ``routing_summary()`` (one line: tensors and parameters per role); None for the others."""
+    summary = getattr(driver.optimizer, "routing_summary", None)
+    if driver.protocol.param_routing is None or not callable(summary):
+        return None
+    return summary()
 
 
 def build_scheduler(
