@@ -1278,7 +1278,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "along that dimension (a conv kernel [out, in, k] gets out x out, in x in and k x k matrices), and "
             "multiplies the gradient along each dimension by an inverse root of its matrix. The roots come "
             "from a symmetric eigendecomposition every precondition_frequency steps; the steps between reuse "
-            "them. Dimensions of size 1 or wider than max_preconditioner_dim keep a vector instead of a matrix. "
+            "them. Dimensions of size 1 or wider than max_preconditioner_dim (and, unless precondition_1d, "
+            "1-D tensors) keep a vector instead of a matrix. "
             "With grafting each tensor's step takes the length of an AdaGrad or Adam step and only its "
             "direction from Shampoo."
         ),
@@ -1297,7 +1298,7 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         recommended={
             "lr": RVC_LR, "momentum": 0.0, "weight_decay": 0.0, "epsilon": 1e-4, "precondition_frequency": 10,
             "max_preconditioner_dim": 1024, "exponent_multiplier": 0.5, "graft": "adam", "graft_beta2": 0.99,
-            "graft_eps": 1e-8, "sequential_statistics": False,
+            "graft_eps": 1e-8, "sequential_statistics": False, "precondition_1d": False,
         },
         protocol=Protocol(
             host_syncs_per_step=0,

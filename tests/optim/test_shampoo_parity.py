@@ -155,6 +155,9 @@ def test_same_shaped_tensors_batched_match_one_at_a_time():
             opt.step()
     for p, q in zip(batched, single):
         assert_close(p, q, "batched vs one at a time", 1e-12, 0.0)
+    # the batch's state is one tensor: each parameter's entry is a slice of it, updated in place
+    factors = [together.state[p]["precond_1"] for p in batched]
+    assert all(f._base is factors[0]._base is not None for f in factors)
 
 
 def test_wide_dimension_stays_diagonal_and_steps_quickly():
@@ -167,6 +170,11 @@ def test_wide_dimension_stays_diagonal_and_steps_quickly():
     state = optimizer.state[p]
     assert state["precond_0"].shape == (6144,) and state["precond_1"].shape == (8, 8)
     assert state["precond_2"].shape == (1,) and torch.isfinite(p).all()
+    bias = torch.nn.Parameter(torch.zeros(384))
+    optimizer = Shampoo([bias], precondition_1d=False)
+    bias.grad = torch.randn_like(bias)
+    optimizer.step()
+    assert optimizer.state[bias]["precond_0"].shape == (384,)
 
 
 def test_update_freq_is_the_reference_name_for_precondition_frequency():

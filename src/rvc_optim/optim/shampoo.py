@@ -40,10 +40,9 @@ from rvc_optim.optim._foreach import (
     params_with_grad,
     run_closure,
     scalar,
-    state_tensor,
 )
 
-__all__ = ["GRAFTS", "Shampoo", "inverse_roots", "precondition_"]
+__all__ = ["GRAFTS", "Shampoo", "batched_state", "inverse_roots", "precondition_"]
 
 GRAFTS = ("none", "adagrad", "adam")
 
@@ -113,17 +112,33 @@ def _graft_norms(x: Tensor, sq: Tensor, graft: str, beta2: float, eps: float, st
     return (x / denom).flatten(1).norm(dim=1)
 
 
-class _Batch:
-    """Per-parameter state tensors as one batch [B, ...]: views for a single tensor, a stacked copy
-    (written back by :meth:`write_back`) for several."""
+def batched_state(states: list[dict[str, Any]], key: str) -> Tensor:
+    """``[state[key] for state in states]`` as one [B, ...] tensor whose slices ARE those state tensors.
 
-    def __init__(self, tensors: list[Tensor]) -> None:
-        self.tensors = tensors
-        self.value = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+    The first call for a set of states stacks them once and makes each state entry a view of the stack,
+    so later steps update the whole batch in place with no copy. An entry replaced since (a loaded
+    state_dict, a batch with other members) is noticed and the batch is made again.
+    """
+    tensors = [state[key] for state in states]
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0)
+    base = tensors[0]._base
+    if base is not None and base.shape[0] == len(tensors):
+        offset, stride = base.storage_offset(), base.stride(0)
+        if all(t._base is base and t.storage_offset() == offset + j * stride for j, t in enumerate(tensors)):
+            return base
+    stacked = torch.stack(tensors)
+    for state, view in zip(states, stacked.unbind(0)):
+        state[key] = view
+    return stacked
 
-    def write_back(self) -> None:
-        if len(self.tensors) > 1:
-            torch._foreach_copy_(self.tensors, list(self.value.unbind(0)))
+
+def _grafted(direction: Tensor, x: Tensor, sq: Tensor, group: dict[str, Any], step: int) -> Tensor:
+    """``direction`` rescaled, tensor by tensor, to the norm of the grafted optimizer's step for ``x``."""
+    target = _graft_norms(x, sq, group["graft"], group["graft_beta2"], group["graft_eps"], step)
+    norms = direction.flatten(1).norm(dim=1)
+    scale = torch.where(norms > 0, target / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+    return direction * scale.view(-1, *([1] * (direction.dim() - 1)))
 
 
 class Shampoo(Optimizer):
@@ -152,6 +167,8 @@ class Shampoo(Optimizer):
         graft_eps: the grafted optimizer's epsilon (default 1e-8).
         sequential_statistics: dimension i's statistic from the gradient already preconditioned along
             dimensions < i, as the reference; False: from the raw gradient, as the paper (default True).
+        precondition_1d: 1-D tensors get a d x d factor, as the reference; False: a diagonal one (default
+            True).
         update_freq: the reference's name for ``precondition_frequency`` (overrides it when given).
 
     Deviations from the reference (torch_optimizer.Shampoo):
@@ -163,7 +180,9 @@ class Shampoo(Optimizer):
         - ``momentum_buffer`` is kept only when momentum > 0 (the reference stores it always), and
           ``p.grad`` is left as it was (the reference writes momentum and decay into it);
         - same-shaped tensors of a group are preconditioned as one batch (batched matmul and eigh);
-        - ``step`` is a Python int: whether a step refreshes is decided on the host.
+        - ``step`` is a Python int: whether a step refreshes is decided on the host;
+        - the state of same-shaped tensors is kept as slices of one tensor (each entry a view), so a batch
+          is updated in place; ``momentum_buffer`` is kept in float32 for bf16/fp16 parameters.
     """
 
     def __init__(
@@ -180,6 +199,7 @@ class Shampoo(Optimizer):
         graft_beta2: float = 0.999,
         graft_eps: float = 1e-8,
         sequential_statistics: bool = True,
+        precondition_1d: bool = True,
         update_freq: int | None = None,
     ) -> None:
         if update_freq is not None:
@@ -201,7 +221,7 @@ class Shampoo(Optimizer):
                         precondition_frequency=int(precondition_frequency),
                         max_preconditioner_dim=max_preconditioner_dim, exponent_multiplier=exponent_multiplier,
                         graft=graft, graft_beta2=graft_beta2, graft_eps=graft_eps,
-                        sequential_statistics=sequential_statistics)
+                        sequential_statistics=sequential_statistics, precondition_1d=precondition_1d)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -217,29 +237,22 @@ class Shampoo(Optimizer):
         for group in self.param_groups:
             params, grads = params_with_grad(group, "Shampoo")
             if params:
-                self._step_group(group, params, self._mixed_gradients(group, params, grads))
+                self._step_group(group, params, grads)
         return loss
-
-    def _mixed_gradients(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """The gradients with momentum and weight decay mixed in (new tensors: ``p.grad`` is untouched)."""
-        if group["momentum"] > 0:
-            buffers = [state_tensor(self.state[p], "momentum_buffer", g, torch.clone) for p, g in zip(params, grads)]
-            grads = torch._foreach_lerp(grads, buffers, group["momentum"])
-        if group["weight_decay"] > 0:
-            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        return list(grads)
 
     def _factor_dtype(self, p: Tensor) -> torch.dtype:
         return torch.float64 if p.dtype == torch.float64 else torch.float32
 
-    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
-        state = self.state[p]
+    def _init_state(self, group: dict[str, Any], p: Tensor, g: Tensor) -> dict[str, Any]:
+        state, dtype = self.state[p], self._factor_dtype(p)
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = g.to(dtype, copy=True)
         if "step" in state:
             return state
         state["step"] = 0
-        dtype, limit = self._factor_dtype(p), group["max_preconditioner_dim"]
+        limit = group["max_preconditioner_dim"]
         for i, d in enumerate(p.shape):
-            if d == 1 or (limit is not None and d > limit):
+            if d == 1 or (limit is not None and d > limit) or (p.dim() == 1 and not group["precondition_1d"]):
                 state[f"precond_{i}"] = torch.full((d,), group["epsilon"], dtype=dtype, device=p.device)
                 state[f"inv_precond_{i}"] = torch.zeros(d, dtype=dtype, device=p.device)
             else:
@@ -250,40 +263,38 @@ class Shampoo(Optimizer):
         return state
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Same-shaped parameters at the same step count take their step as one batch."""
         buckets: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
         for p, g in zip(params, grads):
-            state = self._init_state(group, p)
-            key = (tuple(p.shape), p.dtype, p.device, state["step"])
-            buckets.setdefault(key, []).append((p, g))
+            state = self._init_state(group, p, g)
+            buckets.setdefault((tuple(p.shape), p.dtype, p.device, state["step"]), []).append((p, g))
             state["step"] += 1
         for (_, dtype, device, step), items in buckets.items():
             ps = [p for p, _ in items]
             updates = self._direction(group, ps, [g for _, g in items], step)
-            if group["momentum"] > 0:
-                torch._foreach_copy_([self.state[p]["momentum_buffer"] for p in ps], updates)
             lr = group["lr"]
             add_scaled_(ps, updates, -(scalar(lr, device, dtype) if isinstance(lr, Tensor) else lr))
 
     def _direction(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], step: int) -> list[Tensor]:
-        """The step direction of same-shaped parameters at the same (pre-increment) step count."""
+        """The step direction of a batch of parameters at (pre-increment) step count ``step``."""
         states = [self.state[p] for p in params]
-        x = torch.stack(grads).to(self._factor_dtype(params[0]))
         order = params[0].dim()
-        stats = [_Batch([s[f"precond_{i}"] for s in states]) for i in range(order)]
-        roots = [_Batch([s[f"inv_precond_{i}"] for s in states]) for i in range(order)]
-        refresh = step % group["precondition_frequency"] == 0
+        x = torch.stack(grads).to(self._factor_dtype(params[0]))  # a copy: p.grad is left as it was
+        if group["momentum"] > 0:
+            x.lerp_(batched_state(states, "momentum_buffer"), group["momentum"])
+        if group["weight_decay"] > 0:
+            x.add_(torch.stack(params).to(x.dtype), alpha=group["weight_decay"])
         direction = precondition_(
-            x, [b.value for b in stats], [b.value for b in roots], refresh=refresh,
-            exponent=group["exponent_multiplier"] / max(order, 1), epsilon=group["epsilon"],
+            x,
+            [batched_state(states, f"precond_{i}") for i in range(order)],
+            [batched_state(states, f"inv_precond_{i}") for i in range(order)],
+            refresh=step % group["precondition_frequency"] == 0,
+            exponent=group["exponent_multiplier"] / max(order, 1),
+            epsilon=group["epsilon"],
             sequential=group["sequential_statistics"],
         )
-        for batch in stats + (roots if refresh else []):
-            batch.write_back()
         if group["graft"] != "none":
-            sq = _Batch([s["graft_sq"] for s in states])
-            target = _graft_norms(x, sq.value, group["graft"], group["graft_beta2"], group["graft_eps"], step + 1)
-            sq.write_back()
-            norms = direction.flatten(1).norm(dim=1)
-            scale = torch.where(norms > 0, target / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-            direction = direction * scale.view(-1, *([1] * order))
+            direction = _grafted(direction, x, batched_state(states, "graft_sq"), group, step + 1)
+        if group["momentum"] > 0:
+            batched_state(states, "momentum_buffer").copy_(direction)
         return list(direction.to(params[0].dtype).unbind(0))
