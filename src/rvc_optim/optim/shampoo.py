@@ -16,9 +16,12 @@ Update for a parameter W of order k (k dimensions) with gradient g, as torch-opt
     D <- g;  with grafting: D <- D * ||A|| / ||D||  (A: the AdaGrad or Adam step for the same gradient)
     m <- D;  W <- W - lr * D
 
-A dimension of size 1 or above ``max_preconditioner_dim`` keeps a diagonal factor (the row sums of
-G_i * G_i) instead of a d_i x d_i matrix. Pick Shampoo to precondition whole layers at once when a
-d x d matrix per dimension and an eigendecomposition every few steps are affordable.
+e is ``exponent_multiplier`` (1, the reference's; the paper's is 1/2). As in the reference, G_i is taken
+from g already multiplied along dimensions < i; the paper takes every G_i from the raw gradient
+(``sequential_statistics=False``). A dimension of size 1 or above ``max_preconditioner_dim`` (and a 1-D
+tensor without ``precondition_1d``) keeps a diagonal factor (the row sums of G_i * G_i) instead of a
+d_i x d_i matrix. Pick Shampoo to precondition whole layers at once when a d x d matrix per dimension
+and an eigendecomposition every few steps are affordable.
 """
 
 from __future__ import annotations
