@@ -9,7 +9,9 @@ passed where a Python number is expected is read with ``.item()`` there). It cou
   tensor that is not on the CPU, and device-to-host copies. They are answered with a dummy value
   (``1``, ``1.0`` or ``True``) so the step can go on;
 * host-to-device copies (``aten._to_copy`` or ``aten.copy_`` from a CPU tensor to a device one): a
-  blocking copy on CUDA unless the source is pinned.
+  blocking copy on CUDA unless the source is pinned;
+* decompositions that check their result on the host inside the operator (``torch.linalg.eigh``), one
+  each.
 
 Reads of CPU values (torch's non-capturable Adam keeps its ``step`` counter on the CPU) are not
 syncs and are not counted; writing a Python number into a device tensor (``torch.full``) is a fill
@@ -47,6 +49,9 @@ _SCALAR_READS = {aten._local_scalar_dense.default, aten.item.default}
 # torch's fused kernels without a fake implementation (one in-place kernel launch each, reading no
 # value back: their grad_scale and found_inf are device tensors). While counting they do nothing.
 _NO_FAKE_KERNEL = {aten._fused_sgd_.default, aten._fused_sgd_.tensor_lr, aten._fused_adagrad_.default}
+# Decompositions whose CUDA kernel reads its convergence flag back to the host inside the operator
+# (torch's ``_linalg_check_errors``); a fake tensor never runs that check, so the call itself is counted.
+_CHECKED_ON_HOST = {aten._linalg_eigh.default}
 
 # A few tensors like RVC's: conv weights (3-D), a bias (1-D), a linear weight (2-D).
 PARAM_SHAPES: tuple[tuple[int, ...], ...] = ((8, 4, 3), (8,), (6, 8), (4, 5, 7))
@@ -102,6 +107,8 @@ class HostSyncCounter(TorchDispatchMode):
             return _dummy(t)
         if func in _NO_FAKE_KERNEL:
             return None
+        if func in _CHECKED_ON_HOST and _on_device(args[0]):
+            self.events.append(f"read (error check) {func}")
         if func is aten._to_copy.default:
             src, device = args[0], kwargs.get("device")
             if device is not None and torch.device(device).type != src.device.type:

@@ -53,6 +53,8 @@ def test_counter_counts_device_reads_and_host_to_device_copies():
         assert _count(lambda: x.to("cpu")).count == 1  # a device-to-host copy is a read
         # torch's argument parser reads a 0-d tensor passed where a number is expected: the issue's case
         assert _count(lambda: torch._foreach_lerp_([x], [x], c)).count == 1
+        # eigh's CUDA kernel reads its convergence flag back: one per call, batched or not
+        assert _count(lambda: torch.linalg.eigh(torch.eye(3, device=x.device).expand(4, 3, 3))).count == 1
 
 
 def test_counter_ignores_fills_device_work_and_cpu_reads():
@@ -126,9 +128,9 @@ def test_scalar_helpers_do_not_sync():
 # --- the contract: every registered optimizer, by its record ------------------------------------------
 
 
-def _make_step(record: OptimizerInfo):
+def _make_step(record: OptimizerInfo, **overrides):
     def make(params):
-        optimizer = build(record, params)
+        optimizer = build(record, params, **overrides)
         driver = ProtocolDriver(optimizer, record)
         driver.train()
         return driver.step
@@ -140,8 +142,10 @@ def _make_step(record: OptimizerInfo):
 def test_host_syncs_per_step_match_the_record(record):
     record.capabilities  # probed on real CPU tensors, before the fake mode (a pending record raises here)
     protocol = record.protocol
+    # A refresh that step() does itself is put out of reach here: the refresh steps have their own test.
+    no_refresh = {protocol.refresh_every_arg: 10**6} if protocol.refresh_every_arg else {}
     for shapes in (PARAM_SHAPES, PARAM_SHAPES[:2]):
-        syncs = count_host_syncs(_make_step(record), STEPS, shapes)
+        syncs = count_host_syncs(_make_step(record, **no_refresh), STEPS, shapes)
         expected = protocol.host_syncs_per_step + protocol.host_syncs_per_param * len(shapes)
         assert syncs.later == [expected] * (STEPS - 1), (
             f"{record.name}: steps 2-{STEPS} made {syncs.later} host syncs on {len(shapes)} parameters, its record "
@@ -150,6 +154,21 @@ def test_host_syncs_per_step_match_the_record(record):
         if record.source == "rvc_optim":
             copies = [e for e in syncs.first_events if e.startswith("copy")]
             assert not copies, f"{record.name}: the first step copies from the host: {copies}"
+
+
+REFRESHING = [p for p in ALL if p.values[0].protocol.refresh_every_arg]
+
+
+@pytest.mark.parametrize("record", REFRESHING)
+def test_host_syncs_only_on_refresh_steps(record):
+    """An optimizer that refreshes inside step() every k steps (``refresh_every_arg``): with k = 2 the
+    steps that sync beyond the record's count are every other step, and only those."""
+    record.capabilities
+    base = record.protocol.host_syncs_per_step
+    syncs = count_host_syncs(_make_step(record, **{record.protocol.refresh_every_arg: 2}), 6)
+    extra = [i for i, n in enumerate(syncs.later) if n != base]
+    assert extra and all(syncs.later[i] > base for i in extra), (record.name, syncs.later, syncs.later_events)
+    assert all(b - a == 2 for a, b in zip(extra, extra[1:])) and len(extra) == 2, (record.name, syncs.later)
 
 
 # Settings the records' test_settings leave out, each a different path through its step.

@@ -51,17 +51,21 @@ import torch
 from rvc_optim.registry import create_optimizer, list_optimizers, optimizer_info
 
 __all__ = [
+    "MATMUL_FLOPS",
     "PUBLISHED",
     "Published",
+    "StepFlops",
     "Row",
     "RowResult",
     "add_arguments",
     "bytes_per_param",
     "load_shapes",
+    "matmul_rate",
     "plan_rows",
     "readme_table",
     "run",
     "run_from_args",
+    "step_flops",
     "time_row",
 ]
 
@@ -86,6 +90,7 @@ class Published:
     kwargs: dict[str, Any] = field(default_factory=dict)
     compiles: bool = False  # its default path compiles (heavyball): run in a child with a build limit
     note: str = ""
+    untimed: str = ""  # why the row is not timed (a step that takes minutes): reported as a note
 
     @property
     def label(self) -> str:
@@ -256,6 +261,18 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("heavyball", "heavyball", "Muon", compiles=True,
                   note="a different algorithm (its own Newton-Schulz schedule, Adam-style betas), on every tensor"),
     ],
+    # --- issue 15: Shampoo (refresh every 10 steps, as the record's settings) ---
+    "Shampoo": [
+        Published("torch-optimizer", "torch_optimizer", "Shampoo", {"update_freq": 10},
+                  untimed="a d x d SVD for every dimension on each refresh, the first step included: "
+                          "enc_q.enc.cond_layer's 6144-wide one alone is minutes on a CPU"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "Shampoo", {"preconditioning_compute_steps": 10},
+                  untimed="did not finish one step on the generator in 10 minutes (issue 15)"),
+        Published("pytorch_optimizer", "pytorch_optimizer", "ScalableShampoo",
+                  {"betas": (0.0, 0.99), "preconditioning_compute_steps": 10, "start_preconditioning_step": 1,
+                   "graft_type": 3, "nesterov": False},  # graft_type 3: LayerWiseGrafting.RMSPROP
+                  note="blocks of 512, roots by coupled Newton iterations, RMSProp grafting"),
+    ],
 }
 
 
@@ -296,6 +313,125 @@ def bytes_per_param(optimizer: torch.optim.Optimizer, params: Any = None) -> flo
         if record.available and record.cls is type(optimizer):
             return record.floor_bytes_per_param
     raise LookupError(f"no record for {type(optimizer).__name__}")
+
+
+# --- the matmul floor of the matrix optimizers ----------------------------------------------------------
+#
+# Muon, Shampoo and SOAP spend their time in matrix products and decompositions, not in memory traffic.
+# Their rows also report the FLOPs their algorithm must do per step (estimated from its update rule, the
+# parameter shapes and its settings: the record's recommended ones over the class's defaults), divided by
+# this machine's float32 matmul rate measured in the same run: the matmul floor. A multiply-add is 2 FLOPs.
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """The FLOPs of an ordinary step, the extra FLOPs of a refresh step and the steps per refresh."""
+
+    step: float
+    refresh: float = 0.0
+    period: int = 1
+
+    @property
+    def amortised(self) -> float:
+        return self.step + self.refresh / self.period
+
+
+def muon_flops(shapes: list[tuple[int, ...]], settings: dict[str, Any]) -> StepFlops:
+    """Newton-Schulz on each weight as an [out, in*k] matrix with sides m <= n (m > 1): per iteration
+    X X^T (2 m m n), A A (2 m^3) and B X (2 m m n), ``ns_steps`` iterations (5)."""
+    total = 0.0
+    for shape in shapes:
+        if len(shape) >= 2:
+            m, n = sorted((shape[0], math.prod(shape[1:])))
+            if m > 1:
+                total += settings.get("ns_steps", 5) * (4 * m * m * n + 2 * m**3)
+    return StepFlops(total)
+
+
+def shampoo_flops(shapes: list[tuple[int, ...]], settings: dict[str, Any]) -> StepFlops:
+    """Per dimension with a d x d factor (1 < d <= max_preconditioner_dim; 1-D tensors only with
+    precondition_1d): the factor update G G^T and the product with its root, 2 d numel each, every step;
+    on a refresh an eigendecomposition (about 9 d^3) and the root rebuilt from it (2 d^3)."""
+    limit = settings.get("max_preconditioner_dim") or math.inf
+    step = refresh = 0.0
+    for shape in shapes:
+        if len(shape) == 1 and not settings.get("precondition_1d", True):
+            continue
+        numel = math.prod(shape)
+        for d in shape:
+            if 1 < d <= limit:
+                step += 4 * d * numel
+                refresh += 11 * d**3
+    return StepFlops(step, refresh, settings.get("precondition_frequency", 1))
+
+
+def soap_dims(shape: tuple[int, ...], settings: dict[str, Any]) -> list[int]:
+    """The sizes of SOAP's factors for one tensor: its dimensions (with merge_dims, neighbours merged while
+    their product stays within max_precond_dim), those above max_precond_dim left out; none for a 1-D
+    tensor unless precondition_1d."""
+    if len(shape) == 1 and not settings.get("precondition_1d", False):
+        return []
+    limit = settings.get("max_precond_dim", 10000)
+    dims = list(shape)
+    if settings.get("merge_dims", False):
+        dims, run = [], 1
+        for d in shape:
+            if run * d <= limit:
+                run *= d
+            elif run > 1:
+                dims, run = dims + [run], d
+            else:
+                dims.append(d)
+        if run > 1 or not dims:
+            dims.append(run)
+    return [d for d in dims if 1 < d <= limit]
+
+
+def soap_flops(shapes: list[tuple[int, ...]], settings: dict[str, Any]) -> StepFlops:
+    """Per factor of size d: the gradient projected, the update projected back, the first moment projected
+    back and forth around the preconditioner update, and the G G^T update: 5 x 2 d numel every step; on a
+    refresh (every precondition_frequency steps) GG Q (2 d^3) and its QR with Q formed (about 8/3 d^3)."""
+    step = refresh = 0.0
+    for shape in shapes:
+        numel = math.prod(shape)
+        for d in soap_dims(shape, settings):
+            step += 10 * d * numel
+            refresh += (2 + 8 / 3) * d**3
+    return StepFlops(step, refresh, settings.get("precondition_frequency", 10))
+
+
+# algorithm (registry name) -> its FLOPs estimator: the rows of these algorithms get the matmul columns
+MATMUL_FLOPS: dict[str, Callable[[list[tuple[int, ...]], dict[str, Any]], StepFlops]] = {
+    "Muon": muon_flops,
+    "Shampoo": shampoo_flops,
+    "SOAP": soap_flops,
+}
+
+
+def algorithm_settings(algorithm: str) -> dict[str, Any]:
+    """The settings the default row runs with: the record's recommended ones over the class's defaults."""
+    info = optimizer_info(algorithm)
+    defaults = {n: p.default for n, p in inspect.signature(info.cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **info.recommended}
+
+
+def step_flops(algorithm: str, shapes: list[tuple[int, ...]]) -> StepFlops | None:
+    """The algorithm's FLOPs per step on ``shapes``, or None for an algorithm without an estimator."""
+    estimator = MATMUL_FLOPS.get(algorithm)
+    return estimator(shapes, algorithm_settings(algorithm)) if estimator else None
+
+
+def matmul_rate(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate in FLOP/s: the fastest of ``repeats`` [n, n] products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 # --- rows ------------------------------------------------------------------------------------------------
@@ -381,6 +517,9 @@ def plan_rows(names: list[str], compiled: bool = True, published: bool = True) -
         if compiled and info.capabilities.compiled:
             rows.append(Row(name, "compiled"))
         for pub in PUBLISHED.get(name, []) if published else []:
+            if pub.untimed:
+                notes.append(f"{name}: {pub.label} not timed ({pub.untimed})")
+                continue
             if pub.compiles and not compiled:
                 notes.append(f"{name}: {pub.label} left out (its default path compiles; --no-compiled)")
                 continue
@@ -408,6 +547,12 @@ class RowResult:
     ratio: float = math.nan
     first_step_s: float = math.nan  # cold build for compiling rows
     warm_build_s: float = math.nan
+    # matrix optimizers (MATMUL_FLOPS): whole refresh periods timed
+    amortised_ms: float = math.nan  # mean step over whole periods, the refresh included
+    refresh_ms: float = math.nan  # the slowest step of each period (the refresh), median over periods
+    matmul_floor_ms: float = math.nan  # the FLOPs of an amortised step / the matmul rate
+    matmul_ratio: float = math.nan  # amortised_ms / matmul_floor_ms
+    matmul_gflops: float = math.nan  # the matmul rate measured just before the row
 
 
 def _attach(params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None:
@@ -444,6 +589,8 @@ def time_row(row: Row, params: list[torch.nn.Parameter], set_name: str, repeats:
     parameters are unchanged after its timed steps is reported as "did not update", with no time."""
     floor = optimizer_info(row.algorithm).floor_bytes_per_param
     result = RowResult(row.algorithm, row.kind, row.label, set_name, "ok", floor=floor)
+    flops = step_flops(row.algorithm, [tuple(p.shape) for p in params])
+    steps = repeats if flops is None else flops.period * max(1, math.ceil(repeats / flops.period))
     local, grads = _copy(params)
     try:
         optimizer = (build or builder_for(row))(local)
@@ -452,7 +599,7 @@ def time_row(row: Row, params: list[torch.nn.Parameter], set_name: str, repeats:
             _timed_step(optimizer, local, grads)
         before = [p.detach().clone() for p in local]
         times, base_times = [], []
-        for _ in range(repeats):
+        for _ in range(steps):
             times.append(_timed_step(optimizer, local, grads))
             base_times.append(_timed_step(*baseline))
     except Exception as err:  # a published library that fails on this set is reported, not fatal
@@ -465,9 +612,24 @@ def time_row(row: Row, params: list[torch.nn.Parameter], set_name: str, repeats:
     else:
         result.ms = 1000 * statistics.median(times)
         result.ratio = (result.ms / result.baseline_ms) * FUSED_ADAMW_BYTES / floor
+        if flops is not None:
+            _matmul_columns(result, flops, times)
     del optimizer, local, before
     gc.collect()
     return result
+
+
+def _matmul_columns(result: RowResult, flops: StepFlops, times: list[float]) -> None:
+    """A matrix optimizer's amortised and refresh-step times (``times`` covers whole refresh periods, each
+    with one refresh) beside its matmul floor at the rate measured now."""
+    rate = matmul_rate()
+    periods = [times[i:i + flops.period] for i in range(0, len(times), flops.period)]
+    result.amortised_ms = 1000 * statistics.fmean(times)
+    if flops.period > 1:
+        result.refresh_ms = 1000 * statistics.median(max(period) for period in periods)
+    result.matmul_gflops = rate / 1e9
+    result.matmul_floor_ms = 1000 * flops.amortised / rate
+    result.matmul_ratio = result.amortised_ms / result.matmul_floor_ms
 
 
 def _child_command(row: Row, set_name: str, repeats: int, warmup: int, threads: int, build_only: bool) -> list[str]:
@@ -546,7 +708,9 @@ def run(rows: list[Row], sets: list[str], repeats: int, warmup: int, threads: in
             results.append(result)
             echo(f"  {set_name:13s} {row.algorithm:18s} {row.label:36s} " + (
                 f"{result.ms:9.1f} ms  ratio {result.ratio:5.2f}  first step {result.first_step_s:.2f} s"
-                if result.status == "ok" else result.status), flush=True)
+                if result.status == "ok" else result.status) + (
+                f"  amortised {result.amortised_ms:.1f} ms, {result.matmul_ratio:.2f}x the matmul floor"
+                if math.isfinite(result.amortised_ms) else ""), flush=True)
         del params, baseline
         gc.collect()
     return results
@@ -623,7 +787,25 @@ def format_markdown(header: dict[str, Any], results: list[RowResult], notes: lis
             ms, ratio = _cell(r)
             lines.append(f"| {r.algorithm} | {r.label} | {ms} | {ratio} | {r.floor:g} | {_fmt(r.first_step_s, '.2f')} "
                          f"| {_fmt(r.warm_build_s, '.1f')} | {_fmt(r.baseline_ms, '.1f')} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _matmul_tables(header["sets"], results)) + "\n"
+
+
+def _matmul_tables(sets: list[str], results: list[RowResult]) -> list[str]:
+    """The matrix optimizers' rows against the matmul floor, one table per set (none without such rows)."""
+    lines = []
+    for set_name in sets:
+        rows = [r for r in results if r.set_name == set_name and math.isfinite(r.amortised_ms)]
+        if not rows:
+            continue
+        lines += ["", f"### {set_name}: matrix optimizers against the matmul floor", "",
+                  "ms per step amortised over whole refresh periods; the refresh step alone; the floor is the "
+                  "FLOPs of an amortised step (benchmark.MATMUL_FLOPS) at the float32 matmul rate measured "
+                  "before the row.", "",
+                  "| optimizer | row | amortised ms | refresh step ms | matmul floor ms | ratio | GFLOP/s |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.algorithm} | {r.label} | {r.amortised_ms:.1f} | {_fmt(r.refresh_ms, '.1f')} "
+                  f"| {r.matmul_floor_ms:.1f} | {r.matmul_ratio:.2f} | {r.matmul_gflops:.1f} |" for r in rows]
+    return lines
 
 
 def write_results(path: str | Path, header: dict[str, Any], results: list[RowResult], notes: list[str] = ()) -> Path:

@@ -143,6 +143,9 @@ class Protocol:
     host_sync_reason: str = ""
     single_lr: bool = False
     single_group_hparams: tuple[str, ...] = ()
+    # A refresh that step() does itself (an eigendecomposition): the constructor argument giving its
+    # period. host_syncs_per_step counts the other steps; a refresh step may make more.
+    refresh_every_arg: str = ""
 
     @property
     def wants_lr_scheduler(self) -> bool:
@@ -172,6 +175,9 @@ class Protocol:
             out.append(f"refresh curvature every {c.every} steps with optimizer.{c.method}()" + (f": {c.how}" if c.how else ""))
         if self.param_routing:
             out.append(f"routes parameters itself: {self.param_routing.rule}")
+        if self.refresh_every_arg:
+            out.append(f"step() refreshes its preconditioner itself every {self.refresh_every_arg} steps "
+                       "(host syncs beyond the count below on those steps only)")
         if self.needs_closure:
             out.append("step() requires a closure")
         if self.single_lr:

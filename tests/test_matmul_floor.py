@@ -1,0 +1,68 @@
+"""The benchmark's matmul floor of the matrix optimizers: the FLOPs estimators on small shapes counted by
+hand, and the amortised / refresh-step columns on the tiny set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rvc_optim import benchmark
+from rvc_optim.benchmark import Row, StepFlops, muon_flops, shampoo_flops, soap_dims, soap_flops
+
+
+def test_muon_flops_by_hand():
+    # (4, 2, 3) is a [4, 6] matrix: 5 x (4*4*4*6 + 2*4^3) = 5 x 512; (3, 8): 5 x (4*3*3*8 + 2*3^3) = 5 x 342;
+    # a [6, 1, 1] gain and a bias are not matrices
+    assert muon_flops([(4, 2, 3), (3, 8), (6, 1, 1), (5,)], {}) == StepFlops(5 * 512 + 5 * 342)
+    assert muon_flops([(8, 3)], {"ns_steps": 2}).step == 2 * (4 * 3 * 3 * 8 + 2 * 27)
+
+
+def test_shampoo_flops_by_hand():
+    settings = {"max_preconditioner_dim": 4, "precondition_frequency": 5, "precondition_1d": True}
+    # (4, 3, 1), 12 elements: d = 4 and 3 give 4*d*12 = 192 + 144 each step, 11 d^3 = 704 + 297 per refresh
+    # (6, 2): 6 is above the limit (diagonal, no matmul): d = 2 gives 96 and 88
+    # (3,): 4*3*3 = 36 and 297
+    flops = shampoo_flops([(4, 3, 1), (6, 2), (3,)], settings)
+    assert flops == StepFlops(336 + 96 + 36, 1001 + 88 + 297, 5)
+    assert flops.amortised == pytest.approx(468 + 1386 / 5)
+    assert shampoo_flops([(3,)], {**settings, "precondition_1d": False}).step == 0
+
+
+def test_soap_dims_merge_as_the_authors():
+    merged = {"merge_dims": True, "max_precond_dim": 10000}
+    assert soap_dims((4, 3, 3, 3), merged) == [108]
+    assert soap_dims((6, 4), merged) == [24]
+    assert soap_dims((4, 3, 3, 3), {"merge_dims": True, "max_precond_dim": 10}) == [4, 9, 3]
+    assert soap_dims((20, 3), {"merge_dims": True, "max_precond_dim": 10}) == [3]
+    assert soap_dims((5,), {}) == [] and soap_dims((5,), {"precondition_1d": True}) == [5]
+
+
+def test_soap_flops_by_hand():
+    # (4, 3), 12 elements: 10 * d * 12 = 480 + 360 each step; (2 + 8/3) d^3 per refresh
+    flops = soap_flops([(4, 3), (5,)], {})
+    assert flops.step == 840 and flops.period == 10
+    assert flops.refresh == pytest.approx((2 + 8 / 3) * (64 + 27))
+
+
+def test_every_estimator_is_keyed_by_a_registered_name():
+    from rvc_optim.registry import optimizer_info
+
+    assert all(optimizer_info(name).name == name for name in benchmark.MATMUL_FLOPS)
+
+
+def test_matrix_rows_time_whole_refresh_periods():
+    info = benchmark.optimizer_info("Shampoo")
+    if not info.available:
+        pytest.skip("Shampoo not implemented")
+    rows = [Row("Shampoo", "default")]
+    results = benchmark.run(rows, ["tiny"], repeats=2, warmup=0, threads=1, echo=lambda *a, **k: None)
+    (result,) = results
+    assert result.status == "ok"
+    period = benchmark.algorithm_settings("Shampoo")["precondition_frequency"]
+    assert period > 1
+    assert result.refresh_ms >= result.amortised_ms > 0
+    assert math.isclose(result.matmul_ratio, result.amortised_ms / result.matmul_floor_ms)
+    assert result.matmul_gflops > 0
+    header = benchmark.make_header(rows, ["tiny"], 1, 2, 0, command="test")
+    assert "matmul floor" in benchmark.format_markdown(header, results)
