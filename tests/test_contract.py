@@ -1,8 +1,7 @@
 """The contract every registered optimizer keeps. An optimizer is tested by being registered.
 
 Expectations come from its record (settings, protocol, capabilities), never from a list of names.
-Registered optimizers without an implementation yet are expected to fail with NotImplementedYet
-(strict xfail): they can't pass by accident.
+Every registered record has its class (all 43): a record registered before its class exists fails here.
 """
 
 from __future__ import annotations
@@ -16,25 +15,10 @@ import torch
 from rvc_optim import create_optimizer
 from rvc_optim.catalog import RECORDS
 from rvc_optim.driver import ProtocolDriver
-from rvc_optim.records import NotImplementedYet, OptimizerInfo
+from rvc_optim.records import OptimizerInfo
 from tests.contract_models import ContractNet, loss_fn, make_task
 
-# Registered optimizers without an implementation: the matrix and curvature methods (Muon, Sophia,
-# Shampoo, SOAP) of open issue #15; each becomes a passing case here by existing.
-PENDING_REASON = "not implemented yet: open issue #15 (the matrix and curvature optimizers)"
-
-
-def _params(record: OptimizerInfo):
-    if record.available:
-        return pytest.param(record, id=record.name)
-    return pytest.param(
-        record,
-        id=record.name,
-        marks=pytest.mark.xfail(raises=NotImplementedYet, strict=True, reason=f"{record.name}: {PENDING_REASON}"),
-    )
-
-
-ALL = [_params(r) for r in RECORDS]
+ALL = [pytest.param(r, id=r.name) for r in RECORDS]
 
 
 def build(record: OptimizerInfo, params, **overrides):
@@ -169,7 +153,7 @@ def test_params_without_grad_untouched(record):
 
 @pytest.mark.parametrize("record", ALL)
 def test_param_groups_lr(record):
-    record.cls  # a registered but unwritten optimizer fails here, as its xfail expects
+    record.cls  # a registered but unwritten optimizer fails here
     if record.protocol.lr_role == "none":
         pytest.skip(f"{record.name} takes no learning rate")
     model, tokens, target = make_task()
