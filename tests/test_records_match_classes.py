@@ -2,8 +2,7 @@
 be something the class can do (a ``train``/``eval`` pair, run-length arguments, a refresh method,
 named parameters, the hyper-parameters it names).
 
-Record-driven like the contract suite: every registered record is a case, and records without an
-implementation are strict xfails (NotImplementedYet) with the contract suite's reason.
+Record-driven like the contract suite: every registered record is a case.
 """
 
 from __future__ import annotations
@@ -12,13 +11,10 @@ import pytest
 import torch
 
 from rvc_optim.capabilities import constructor_parameters
-from rvc_optim.catalog import RECORDS
 from rvc_optim.driver import ProtocolDriver
 from rvc_optim.records import OptimizerInfo
 from tests.contract_models import loss_fn, make_task
-from tests.test_contract import _params, build
-
-ALL = [_params(r) for r in RECORDS]
+from tests.test_contract import ALL, build
 
 # Where an optimizer keeps the step size it finds itself, which lr only multiplies: d in its param
 # groups (D-Adaptation, Prodigy), or a running average of its own updates in its state (Adadelta).
