@@ -71,35 +71,6 @@ def a2grad_update(
 ) -> None:
     """One A2Grad step at index k (0 on the first). ``v_ks``/``v_kks`` are 0-d tensors, one per parameter
     (``v_kks`` empty unless variant is 'exp'). Needs whole tensors: the norms of delta are per tensor."""
-    coefs = _step_coefficients(grads, avg_grads, v_ks, v_kks, k=k, beta=beta, lips=lips, rho=rho, variant=variant)
-    a, a_next = 2.0 / (k + 2), 2.0 / (k + 3)
-    # x <- x - c g;  p <- lerp(p, x, a') - (1 - a') a c g
-    if params[0].device.type == "cpu":  # per tensor with float coefficients: no temporaries at all
-        for p, g, x, c in zip(params, grads, x_ks, coefs.tolist()):
-            x.add_(g, alpha=-c)
-            p.lerp_(x, a_next)
-            p.add_(g, alpha=-(1.0 - a_next) * a * c)
-        return
-    steps = torch._foreach_mul(grads, list(coefs.unbind()))
-    torch._foreach_sub_(x_ks, steps)
-    torch._foreach_lerp_(params, x_ks, a_next)
-    torch._foreach_add_(params, steps, alpha=-(1.0 - a_next) * a)
-
-
-def _step_coefficients(
-    grads: list[Tensor],
-    avg_grads: list[Tensor],
-    v_ks: list[Tensor],
-    v_kks: list[Tensor],
-    *,
-    k: int,
-    beta: float,
-    lips: float,
-    rho: float,
-    variant: str,
-) -> Tensor:
-    """Update the gradient averages and the variance sums; return c = 1 / (2L / (k + 1) + beta h), one
-    per tensor, as a 1-D tensor."""
     # With d = gbar - g: ||delta|| = k / (k + 1) ||d||, and the new average is g + k / (k + 1) d.
     torch._foreach_sub_(avg_grads, grads)
     norms = torch.stack(torch._foreach_norm(avg_grads, 2, dtype=scalar_dtype(avg_grads[0].dtype)))
@@ -117,7 +88,19 @@ def _step_coefficients(
         v = torch.maximum(v, v_kk)
     torch._foreach_copy_(v_ks, list(v.unbind()))
     h = (v * (k + 1)).sqrt() if variant == "exp" else v.sqrt()
-    return 1.0 / (2.0 * lips / (k + 1) + beta * h)
+    coefs = 1.0 / (2.0 * lips / (k + 1) + beta * h)
+    a, a_next = 2.0 / (k + 2), 2.0 / (k + 3)
+    # x <- x - c g;  p <- lerp(p, x, a') - (1 - a') a c g
+    if params[0].device.type == "cpu":  # per tensor with float coefficients: no temporaries at all
+        for p, g, x, c in zip(params, grads, x_ks, coefs.tolist()):
+            x.add_(g, alpha=-c)
+            p.lerp_(x, a_next)
+            p.add_(g, alpha=-(1.0 - a_next) * a * c)
+        return
+    steps = torch._foreach_mul(grads, list(coefs.unbind()))
+    torch._foreach_sub_(x_ks, steps)
+    torch._foreach_lerp_(params, x_ks, a_next)
+    torch._foreach_add_(params, steps, alpha=-(1.0 - a_next) * a)
 
 
 def _check_variant(variant: str) -> None:
