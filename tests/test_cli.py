@@ -133,9 +133,12 @@ def test_show_measures_factored_and_cover_set_state(capsys):
     assert measure_state_bytes("AdaFactor", beta1=None) < 2.0
 
 
-def test_show_says_when_state_is_not_measured(capsys):
-    pending = next((r for r in RECORDS if not r.available), None)
-    if pending is None:
-        pytest.skip("every record is implemented")
-    _, out, _ = run(capsys, "show", pending.name)
-    assert "not measured (not implemented yet)" in out
+def test_show_says_when_state_is_not_measured():
+    """A record registered before its class exists (all 43 exist today: one is made here)."""
+    import dataclasses
+
+    from rvc_optim.cli import _measured_state
+
+    pending = dataclasses.replace(RECORDS[0], class_path="rvc_optim.optim.not_written_yet:Missing")
+    assert not pending.available
+    assert _measured_state(pending) == "bytes of state per parameter: not measured (not implemented yet)"

@@ -52,9 +52,6 @@ def test_every_estimator_is_keyed_by_a_registered_name():
 
 
 def test_matrix_rows_time_whole_refresh_periods():
-    info = benchmark.optimizer_info("Shampoo")
-    if not info.available:
-        pytest.skip("Shampoo not implemented")
     rows = [Row("Shampoo", "default")]
     results = benchmark.run(rows, ["tiny"], repeats=2, warmup=0, threads=1, echo=lambda *a, **k: None)
     (result,) = results
