@@ -4,10 +4,14 @@ None of them routes parameters itself: the authors' ``SingleDeviceMuonWithAuxAda
 pytorch_optimizer's ``Muon`` need every group marked ``use_muon``, and ``torch.optim.Muon`` takes 2-D
 tensors only, with nothing for the rest. Each builder here splits the (unnamed) benchmark tensors
 with :func:`rvc_optim.optim.muon.default_role`, as our row does, and uses the authors' settings.
+
+The published packages are test extras, never runtime dependencies: like the benchmark's other
+published rows they are imported by name only when their row is timed.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -30,15 +34,11 @@ def _groups(params: Any) -> list[dict[str, Any]]:
 
 def authors_muon(params: Any) -> torch.optim.Optimizer:
     """muon-optimizer 0.1.0: a Conv1d kernel runs as ``out`` separate ``in x k`` matrices; 4-D kernels crash."""
-    from muon import SingleDeviceMuonWithAuxAdam
-
-    return SingleDeviceMuonWithAuxAdam(_groups(params))
+    return importlib.import_module("muon").SingleDeviceMuonWithAuxAdam(_groups(params))
 
 
 def pytorch_optimizer_muon(params: Any) -> torch.optim.Optimizer:
-    from pytorch_optimizer import Muon
-
-    return Muon(_groups(params))
+    return importlib.import_module("pytorch_optimizer").Muon(_groups(params))
 
 
 def torch_muon(params: Any) -> torch.optim.Optimizer:

@@ -144,12 +144,12 @@ def test_measured_ratings_reach_the_records_and_the_cli(tmp_path, capsys):
 
 
 def test_published_ratings_agree_with_the_results_they_name():
-    """The ratings the records load are the ones their results file gives (skipped until published)."""
+    """The ratings the records load are the ones their results file gives (skipped until open issue #17's results are published)."""
     from rvc_optim.catalog import MEASURED_RATINGS_FILE
 
     published = read_csv(MEASURED_RATINGS_FILE)
     if not published:
-        pytest.skip("no measured ratings published yet (see docs/evaluate.md)")
+        pytest.skip("no measured ratings published yet: the full run of open issue #17 (docs/evaluate.md)")
     root = Path(__file__).resolve().parents[2]
     for source in {r["source_file"] for r in published}:
         folder = (root / source).parent

@@ -339,7 +339,7 @@ def test_fsdp_in_use_all_reduces_the_two_sums(tmp_path):
     import torch.distributed as dist
 
     if not dist.is_available() or dist.is_initialized():
-        pytest.skip("torch.distributed unavailable or already in use")
+        pytest.skip("this torch build has no torch.distributed (missing capability), or a process group is already in use")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         results = []

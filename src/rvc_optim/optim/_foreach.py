@@ -144,7 +144,7 @@ def scalar(value: float | Tensor, device: torch.device, param_dtype: torch.dtype
     if isinstance(value, Tensor):
         if value.device.type != "cpu" or torch.device(device).type == "cpu":
             return value.to(device=device, dtype=dtype).reshape(())
-        value = value.item()
+        value = value.item()  # a CPU tensor: reading it is free; torch.full then writes it on the device
     return torch.full((), value, dtype=dtype, device=device)
 
 

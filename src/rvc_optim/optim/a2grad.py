@@ -91,7 +91,9 @@ def a2grad_update(
     coefs = 1.0 / (2.0 * lips / (k + 1) + beta * h)
     a, a_next = 2.0 / (k + 2), 2.0 / (k + 3)
     # x <- x - c g;  p <- lerp(p, x, a') - (1 - a') a c g
-    if params[0].device.type == "cpu":  # per tensor with float coefficients: no temporaries at all
+    # On a CPU the coefficients are read as floats (a CPU tensor: free, no device sync); per tensor, no
+    # temporaries.
+    if params[0].device.type == "cpu":
         for p, g, x, c in zip(params, grads, x_ks, coefs.tolist()):
             x.add_(g, alpha=-c)
             p.lerp_(x, a_next)

@@ -103,7 +103,7 @@ def apollo_update(
     if weight_decay != 0.0 and weight_decay_type == "stable":
         means = torch.stack([t.mean() for t in denoms])
         decays = torch.full_like(means, weight_decay).div_(means)  # wd / mean: `wd / tensor` multiplies by 1 / mean
-        if decays.device.type == "cpu":  # one fused multiply-add per tensor, as the reference
+        if decays.device.type == "cpu":  # floats read from a CPU tensor (free): one fused multiply-add per tensor
             for u, p, c in zip(updates, params, decays.tolist()):
                 u.add_(p, alpha=c)
         else:
