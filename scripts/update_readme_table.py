@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def main() -> None:
     lines = README.read_text().split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("| Rating | Optimizer |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Guide's rating | Optimizer |"))
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
     lines[start:end] = markdown_table().split("\n")
     README.write_text("\n".join(lines))

@@ -7,6 +7,7 @@ import math
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 from rvc_optim.catalog import GOALS, RECORDS
 from rvc_optim.registry import list_optimizers, normalize_name, optimizer_info
@@ -23,11 +24,26 @@ def _status(record) -> str:
 
 
 def markdown_table() -> str:
-    """The guide's table, generated from the records (the README embeds it; a test keeps them equal)."""
-    lines = ["| Rating | Optimizer | Category | Best for | Source | Status |", "|---|---|---|---|---|---|"]
+    """The guide's table with the measured ratings beside its stars, generated from the records (the
+    README embeds it; a test keeps them equal). The measured columns' headers link the results."""
+    tasks = list(dict.fromkeys(m.task for r in RECORDS for m in r.measured))
+    results = next((str(Path(m.source_file).parent / "results.md") for r in RECORDS for m in r.measured), "")
+    measured_headers = [f"[Measured: {t}]({results})" if results else f"Measured: {t}" for t in tasks]
+    header = ["Guide's rating", "Optimizer", *measured_headers, "Category", "Best for", "Source", "Status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in RECORDS:
-        lines.append(f"| {r.stars} {r.rating:.1f} | {r.name} | {r.category} | {r.best_for} | {r.source} | {_status(r)} |")
+        by_task = {m.task: m for m in r.measured}
+        cells = [_measured_cell(by_task.get(t)) for t in tasks]
+        lines.append("| " + " | ".join([f"{r.stars} {r.rating:.1f}", r.name, *cells, r.category, r.best_for,
+                                        r.source, _status(r)]) + " |")
     return "\n".join(lines)
+
+
+def _measured_cell(m) -> str:
+    """One measured rating in the README's table: ``4/5``, ``1/5 (diverged)`` or ``-`` (not measured)."""
+    if m is None:
+        return "-"
+    return f"{m.rating}/5" + ("" if math.isfinite(m.final_loss) else " (diverged)")
 
 
 def _measured(record) -> str:

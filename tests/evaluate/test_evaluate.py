@@ -140,7 +140,25 @@ def test_measured_ratings_reach_the_records_and_the_cli(tmp_path, capsys):
     assert [(m.task, m.rating) for m in adamw.measured] == [("rvc", 1), ("vocoder", 4)]
     assert "diverged in every run" in adamw.when_to_use and "guide's 5.0 stars" in adamw.when_to_use
     assert main(["show", "AdamW"]) == 0
-    assert "measured: not measured" in capsys.readouterr().out  # nothing published in this checkout's data
+    published = [m.describe() for m in optimizer_info("AdamW").measured] or ["not measured"]
+    out = capsys.readouterr().out
+    assert all(f"measured: {line}" in out for line in published)
+
+
+def test_the_readme_table_shows_measured_ratings_beside_the_guides(tmp_path, monkeypatch):
+    import rvc_optim.cli as cli
+
+    path = tmp_path / "ratings.csv"
+    path.write_text("optimizer,task,rating,final_loss,steps,seeds,version,source_file\n"
+                    "AdamW,rvc,1,nan,50,3,0.1.0,benchmarks/results/convergence/runs.csv\n"
+                    "AdamW,vocoder,4,2.1,150,3,0.1.0,benchmarks/results/convergence/runs.csv\n"
+                    "Lion,vocoder,3,2.4,150,3,0.1.0,benchmarks/results/convergence/runs.csv\n", encoding="utf-8")
+    monkeypatch.setattr(cli, "RECORDS", attach_measured_ratings(tuple(map(optimizer_info, ["AdamW", "Lion"])), path))
+    header, _, adamw, lion = cli.markdown_table().split("\n")
+    link = "(benchmarks/results/convergence/results.md)"
+    assert header.startswith(f"| Guide's rating | Optimizer | [Measured: rvc]{link} | [Measured: vocoder]{link} |")
+    assert adamw.split(" | ")[1:4] == ["AdamW", "1/5 (diverged)", "4/5"]
+    assert lion.split(" | ")[1:4] == ["Lion", "-", "3/5"]
 
 
 def test_published_ratings_agree_with_the_results_they_name():
