@@ -53,15 +53,19 @@ class ProtocolDriver:
             return {"create_graph": True}
         return {}
 
-    def step(self, closure: Callable[[], Any] | None = None, step_fn: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, step_fn: Callable[[], Any] | None = None,
+             loss_scale: Any = None) -> Any:
         """One optimizer step (after backward), with the curvature refresh where it is due.
 
-        ``step_fn`` replaces ``optimizer.step()`` where something wraps it (``scaler.step(opt)``).
+        ``step_fn`` replaces ``optimizer.step()`` where something wraps it (``scaler.step(opt)``);
+        ``loss_scale`` (the scaler's scale, a 0-d tensor) reaches the refresh, whose estimate from the
+        scaled loss's graph must be divided by it.
         """
         if self.protocol.needs_closure and closure is None:
             raise ValueError(f"{self.info.name} needs a closure for step()")
         if self.refresh_due():
-            getattr(self.optimizer, self.protocol.curvature_refresh.method)()
+            refresh = getattr(self.optimizer, self.protocol.curvature_refresh.method)
+            refresh() if loss_scale is None else refresh(loss_scale=loss_scale)
             self.refreshes += 1
         if step_fn is not None:
             loss = step_fn()

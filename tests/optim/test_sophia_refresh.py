@@ -187,3 +187,28 @@ def test_refresh_steps_make_no_host_sync(estimates):
 
     syncs = count_host_syncs(make, 5)
     assert syncs.first == 0 and syncs.later == [0] * 4, syncs.later_events
+
+
+@pytest.mark.parametrize("estimator", ["hutchinson", "squared_grad"])
+def test_a_refresh_under_a_grad_scaler_estimates_the_unscaled_hessian(estimator):
+    """fp16 training scales the loss; ``scaler.unscale_`` divides the gradients but not the graph the
+    Hutchinson products go through. Through the engine's ``_step``, the estimate must equal the one
+    made without a scaler (2**10 times larger before the fix)."""
+    from rvc_optim.train.loop import _step
+
+    x = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(1))
+    hessians = []
+    for scale in (None, 2.0**10):
+        torch.manual_seed(0)
+        model = Net()
+        opt = Sophia(model.parameters(), lr=1e-3, bs=1.0, estimator=estimator)
+        driver = ProtocolDriver(opt, optimizer_info("Sophia"))
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
+        scaler.scale(model(x).square().mean()).backward(**driver.backward_kwargs())
+        scaler.unscale_(opt)
+        _step(driver, opt, scaler, closure=None)
+        hessians.append([opt.state[p]["hessian"].clone() for p in model.parameters()])
+    assert driver.refreshes == 1
+    for plain, scaled in zip(*hessians):
+        assert plain.abs().sum() > 0
+        torch.testing.assert_close(scaled, plain, rtol=1e-5, atol=1e-12)

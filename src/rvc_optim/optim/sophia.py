@@ -283,11 +283,16 @@ class Sophia(Optimizer):
         if updated:
             self._steps_without_estimate = 0
 
-    def refresh_curvature(self) -> None:
+    def refresh_curvature(self, loss_scale: Tensor | float | None = None) -> None:
         """The engine's refresh: an estimate (``estimator``) from the gradients present, folded in by
         :meth:`update_hessian`. Hutchinson needs them computed with ``create_graph=True``; it draws its
         probes from the optimizer's own generator and then detaches the gradients, which frees their
-        graph. Gradients without a graph skip the refresh with a warning."""
+        graph. Gradients without a graph skip the refresh with a warning.
+
+        ``loss_scale``: what the loss was multiplied by before backward (a GradScaler's scale, as a 0-d
+        tensor so that nothing is read back). ``scaler.unscale_`` divides the gradients' values, not the
+        graph behind them, so Hutchinson's products come out ``loss_scale`` times too large and are
+        divided by it here; the squared-gradient estimate reads the unscaled gradients and needs nothing."""
         params = [p for g in self.param_groups for p in params_with_grad(g, "Sophia")[0]]
         if self.estimator == "squared_grad":
             self.update_hessian()
@@ -303,6 +308,8 @@ class Sophia(Optimizer):
         for gen in generators.values():
             gen.manual_seed(seed)
         estimates = hutchinson_diagonal([p.grad for p in params], params, generator=generators)
+        if loss_scale is not None:
+            torch._foreach_div_(estimates, loss_scale)
         self.probe_draws += 1
         for p in params:
             p.grad = p.grad.detach()

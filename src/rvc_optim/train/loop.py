@@ -498,7 +498,8 @@ def _step(driver: ProtocolDriver, optimizer: torch.optim.Optimizer, scaler: torc
     if driver.protocol.needs_closure:
         driver.step(closure=closure)
     elif scaler.is_enabled():
-        driver.step(step_fn=lambda: scaler.step(optimizer))
+        # the scale as a device tensor (get_scale() would read it back): a curvature refresh divides by it
+        driver.step(step_fn=lambda: scaler.step(optimizer), loss_scale=scaler._get_scale_async())
     else:
         driver.step()
 
