@@ -12,10 +12,22 @@ from rvc_optim.benchmark import Row, StepFlops, muon_flops, shampoo_flops, soap_
 
 
 def test_muon_flops_by_hand():
-    # (4, 2, 3) is a [4, 6] matrix: 5 x (4*4*4*6 + 2*4^3) = 5 x 512; (3, 8): 5 x (4*3*3*8 + 2*3^3) = 5 x 342;
+    # multiply-adds of an m x n matrix (m <= n), 5 steps: the authors' form 5 (2 m^2 n + m^3), the Gram
+    # form 2 m^2 n + 17 m^3; the floor takes the smaller, 2 FLOPs each.
+    # (4, 2, 3) is a [4, 6] matrix: 5 x (192 + 64) = 1280 either way (n = 1.5 m: the break-even)
+    # (3, 8): the authors' 5 x (144 + 27) = 855, the Gram form 144 + 459 = 603
     # a [6, 1, 1] gain and a bias are not matrices
-    assert muon_flops([(4, 2, 3), (3, 8), (6, 1, 1), (5,)], {}) == StepFlops(5 * 512 + 5 * 342)
-    assert muon_flops([(8, 3)], {"ns_steps": 2}).step == 2 * (4 * 3 * 3 * 8 + 2 * 27)
+    assert muon_flops([(4, 2, 3), (3, 8), (6, 1, 1), (5,)], {}) == StepFlops(2 * (1280 + 603))
+    # 2 steps of [3, 8]: the authors' 2 x 171 = 342, the Gram form 144 + (2 + 3) x 27 = 279
+    assert muon_flops([(8, 3)], {"ns_steps": 2}).step == 2 * 279
+    # square: the authors' form, 5 x (2 x 512 + 512) = 7680 (the Gram form would take 1024 + 17 x 512)
+    assert muon_flops([(8, 8)], {}).step == 2 * 7680
+
+
+def test_muon_runs_the_form_its_floor_counts():
+    from rvc_optim.optim import muon
+
+    assert [muon.gram_form_is_cheaper(m, n) for m, n in [(4, 6), (3, 8), (8, 8), (1024, 5120)]] == [False, True, False, True]
 
 
 def test_shampoo_flops_by_hand():

@@ -339,14 +339,18 @@ class StepFlops:
 
 
 def muon_flops(shapes: list[tuple[int, ...]], settings: dict[str, Any]) -> StepFlops:
-    """Newton-Schulz on each weight as an [out, in*k] matrix with sides m <= n (m > 1): per iteration
-    X X^T (2 m m n), A A (2 m^3) and B X (2 m m n), ``ns_steps`` iterations (5)."""
+    """Newton-Schulz on each weight as an [out, in*k] matrix with sides m <= n (m > 1), ``ns_steps``
+    iterations (5), in whichever of its two exact forms needs fewer multiply-adds for the shape: the
+    authors' (per iteration X X^T, A A and B X) or the Gram form
+    (:func:`rvc_optim.optim.muon.newton_schulz_multiply_adds`)."""
+    from rvc_optim.optim.muon import newton_schulz_multiply_adds
+
     total = 0.0
     for shape in shapes:
         if len(shape) >= 2:
             m, n = sorted((shape[0], math.prod(shape[1:])))
             if m > 1:
-                total += settings.get("ns_steps", 5) * (4 * m * m * n + 2 * m**3)
+                total += 2 * min(newton_schulz_multiply_adds(m, n, settings.get("ns_steps", 5)))
     return StepFlops(total)
 
 

@@ -41,10 +41,16 @@ def test_same_shapes_are_batched_and_give_the_one_at_a_time_result():
         torch.testing.assert_close(t, orthogonalize([u], dtype=torch.float64)[0], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("shape", [(3, 16, 48), (2, 32, 32)], ids=["wide", "square"])
-def test_gram_form_is_the_authors_iteration(shape):
-    """Outside bfloat16 the iteration runs on the Gram matrix: in float64 it is the authors' quintic,
-    written out here step by step, to rounding (measured 2e-15)."""
+@pytest.mark.parametrize("shape, gram", [((3, 16, 48), True), ((2, 32, 32), False)], ids=["wide", "square"])
+def test_both_forms_are_the_authors_iteration(shape, gram, monkeypatch):
+    """Outside bfloat16 a wide matrix's iteration runs on the Gram matrix, a square one's in the authors'
+    form (fewer multiply-adds each): in float64 both are the authors' quintic, written out here step by
+    step, to rounding (measured 2e-15)."""
+    from rvc_optim.optim import muon
+
+    calls = []
+    gram_form = muon._gram_newton_schulz
+    monkeypatch.setattr(muon, "_gram_newton_schulz", lambda *args: calls.append(1) or gram_form(*args))
     a, b, c = NS_COEFFICIENTS
     X = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     Y = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
@@ -52,6 +58,7 @@ def test_gram_form_is_the_authors_iteration(shape):
         A = Y @ Y.mT
         Y = a * Y + (b * A + c * A @ A) @ Y
     torch.testing.assert_close(newton_schulz(X), Y, rtol=1e-10, atol=1e-12)
+    assert bool(calls) == gram
 
 
 # --- routing on RVC v2 ------------------------------------------------------------------------------------

@@ -121,11 +121,12 @@ def newton_schulz(X: Tensor, steps: int = 5, coefficients: Sequence[float] = NS_
     """The authors' quintic Newton-Schulz iteration on a batch ``[B, m, n]`` with ``m <= n``.
 
     In bfloat16 the authors' operations are kept one by one (their rounding is the reference's). In
-    float32/float64 the same polynomial runs on the ``m x m`` Gram matrix (:func:`_gram_newton_schulz`).
+    float32/float64, on matrices wide enough for it to be cheaper (``n > 1.5 m``), the same polynomial
+    runs on the ``m x m`` Gram matrix (:func:`_gram_newton_schulz`).
     """
     a, b, c = coefficients
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + NS_EPS)
-    if X.dtype != torch.bfloat16:
+    if X.dtype != torch.bfloat16 and gram_form_is_cheaper(X.shape[-2], X.shape[-1], steps):
         return _gram_newton_schulz(X, steps, coefficients)
     for _ in range(steps):
         A = X @ X.mT
@@ -134,12 +135,28 @@ def newton_schulz(X: Tensor, steps: int = 5, coefficients: Sequence[float] = NS_
     return X
 
 
+def newton_schulz_multiply_adds(m: int, n: int, steps: int = 5) -> tuple[int, int]:
+    """Multiply-adds of the iteration on an ``m x n`` matrix (``m <= n``): the authors' form
+    (per step ``X X^T``, ``A A`` and ``B X``) and the Gram form (``X X^T`` and ``Q X`` once, per step
+    ``A A``, ``P Q`` and ``P (A P)``, the last two skipped once each)."""
+    plain = steps * (2 * m * m * n + m**3)
+    gram = 2 * m * m * n + (steps + 3 * (steps - 1)) * m**3
+    return plain, gram
+
+
+def gram_form_is_cheaper(m: int, n: int, steps: int = 5) -> bool:
+    """Whether the Gram form does fewer multiply-adds (``n > 1.5 m`` for more than one step)."""
+    plain, gram = newton_schulz_multiply_adds(m, n, steps)
+    return gram < plain
+
+
 def _gram_newton_schulz(X: Tensor, steps: int, coefficients: Sequence[float]) -> Tensor:
     """Each step is ``X <- P X`` with ``P = a I + b A + c A^2`` a polynomial of ``A = X X^T``; so
     ``A <- P A P`` and the product ``Q`` of the ``P``s can be carried on the ``m x m`` matrices alone,
-    and ``X`` multiplied once at the end: ``4 m^2 n + 17 m^3`` multiply-adds instead of
-    ``20 m^2 n + 10 m^3`` (3x fewer for RVC's [1024, 5120] kernels). The same in exact arithmetic;
-    in float32 it rounds differently (measured in the parity test), and bfloat16 keeps the authors' form."""
+    and ``X`` multiplied once at the end: ``2 m^2 n + 17 m^3`` multiply-adds instead of
+    ``10 m^2 n + 5 m^3`` (2x fewer for RVC's [1024, 5120] kernels, more on wider ones; more on square
+    ones, where it is not used). The same in exact arithmetic; in float32 it rounds differently
+    (measured in the parity test), and bfloat16 keeps the authors' form."""
     a, b, c = coefficients
     A = X @ X.mT
     Q = None
@@ -258,7 +275,8 @@ class Muon(Optimizer):
     * routing is automatic (the authors need every group marked ``use_muon``);
     * the Nesterov mix goes to a temporary: ``p.grad`` is not overwritten;
     * matrices of one shape share one batched Newton-Schulz iteration; outside bfloat16 it runs on
-      the Gram matrix (the same polynomial, about 3x fewer multiply-adds on wide kernels);
+      the Gram matrix where that is cheaper (the same polynomial, 2x fewer multiply-adds on RVC's
+      widest kernels);
     * none in the AdamW part: it counts ``step`` as the authors do (a Python int per tensor, so the
       bias corrections are exact host arithmetic) and keeps their order of operations.
     """
