@@ -3,6 +3,7 @@ rating formula on hand-made results. No timing assertions."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -115,6 +116,39 @@ def test_rating_formula_on_hand_made_results():
     assert adamw.sweep_spread == pytest.approx(1.0) and (adamw.diverged_runs, adamw.runs) == (1, 5)
     assert (adamw.rating, by_name["Lion"].rating, by_name["SGD"].rating) == (5, 2, 1)
     assert [s.optimizer for s in summarize(rows, [])] == ["AdamW", "Lion", "SGD"]
+
+
+def test_chunks_run_side_by_side_merge_into_one_folder_without_running_again(tmp_path, monkeypatch, capsys):
+    """Two folders, each with some of the optimizers (as two processes would write them), merged by
+    ``--merge``: every run and curve kept, nothing run again, the reports cover both; a run found in two
+    parts, another plan, or a merge into a folder with results is one clear error."""
+    run_benchmark(_vocoder_options(tmp_path / "a", ["AdamW"]))
+    run_benchmark(_vocoder_options(tmp_path / "b", ["Lion"]))
+    run_benchmark(replace(_vocoder_options(tmp_path / "c", ["Lion"]), evals=2))
+    ran: list[RunKey] = []
+    monkeypatch.setattr(runner, "_run_one", lambda task, key, *args: ran.append(key))
+    merged = tmp_path / "merged"
+    summaries, complete = run_benchmark(_vocoder_options(merged, ["AdamW", "Lion"], merge=[tmp_path / "a", tmp_path / "b"]))
+    assert complete and ran == []
+    assert [r["optimizer"] for r in read_csv(merged / "runs.csv")] == ["AdamW", "Lion"]
+    parts_curves = read_csv(tmp_path / "a" / "curves.csv") + read_csv(tmp_path / "b" / "curves.csv")
+    assert read_csv(merged / "curves.csv") == parts_curves and len(parts_curves) == 4  # steps 0 and 2, each
+    assert {s.optimizer for s in summaries} == {"AdamW", "Lion"}
+    meta = json.loads((merged / "meta.json").read_text(encoding="utf-8"))
+    assert [part["folder"] for part in meta["parts"]] == [(tmp_path / x).as_posix() for x in "ab"]
+    assert meta["source_file"] == (merged / "runs.csv").as_posix()
+
+    with pytest.raises(ResumeMismatch, match="already holds results"):
+        run_benchmark(_vocoder_options(merged, ["AdamW"], merge=[tmp_path / "a"]))
+    with pytest.raises(ResumeMismatch, match=r"\('vocoder', 'AdamW', '1', 0\) is in both"):
+        run_benchmark(_vocoder_options(tmp_path / "twice", ["AdamW"], merge=[tmp_path / "a", merged]))
+    with pytest.raises(ResumeMismatch, match=f"{tmp_path / 'c'} was run with evals=2"):
+        run_benchmark(_vocoder_options(tmp_path / "bad", ["AdamW", "Lion"], merge=[tmp_path / "a", tmp_path / "c"]))
+    capsys.readouterr()
+    assert main(["evaluate", "--out", str(tmp_path / "bad"), "--merge", str(tmp_path / "a"), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--merge: {tmp_path / 'a'} was run with steps=" in err[0]
+    assert not (tmp_path / "bad" / "runs.csv").exists()  # checked before anything is written
 
 
 def test_plan_sweeps_one_seed_then_the_best_setting():

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNGs (no matplotlib needed)")
     p.add_argument("--smoke", action="store_true", help="the smoke configuration: AdamW,Lion unless --optimizers, "
                    f"{SMOKE['steps']} steps, 1 seed, no sweep; results labelled as a smoke run")
+    p.add_argument("--merge", type=Path, nargs="+", default=[], metavar="FOLDER",
+                   help="first combine these run folders (chunks of the same plan run side by side, each on some "
+                        "of the optimizers) into --out, then go on as --resume: runs nothing they hold")
     p.add_argument("--publish-ratings", type=Path, metavar="CSV",
                    help="also copy ratings.csv here (src/rvc_optim/data/measured_ratings.csv: the records load it)")
 
@@ -70,7 +73,7 @@ def options_from_args(args: argparse.Namespace):
     return EvalOptions(optimizers=names, out=args.out, tasks=args.tasks, steps={"rvc": args.steps, "vocoder": vocoder},
                        seeds=args.seeds, sweep=args.sweep, evals=args.evals, resume=args.resume, threads=args.threads,
                        max_minutes=args.max_minutes, plots=args.plots, smoke=args.smoke,
-                       publish_ratings=args.publish_ratings)
+                       publish_ratings=args.publish_ratings, merge=args.merge)
 
 
 def run(args: argparse.Namespace) -> int:

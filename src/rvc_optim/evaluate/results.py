@@ -36,7 +36,7 @@ from rvc_optim.evaluate.sweep import RunKey, Setting, best_factor
 from rvc_optim.evaluate.tasks import RunOutcome
 
 __all__ = ["RATING_THRESHOLDS", "RUN_FIELDS", "Summary", "ResultStore", "rating", "summarize",
-           "write_reports", "markdown_tables", "read_markdown_tables", "read_csv"]
+           "write_reports", "markdown_tables", "read_markdown_tables", "read_csv", "run_ident", "write_csv"]
 
 RATING_THRESHOLDS = ((0.05, 5), (0.15, 4), (0.30, 3), (0.60, 2))
 DIVERGENCE_PENALTY_ABOVE = 1 / 3
@@ -66,19 +66,16 @@ class ResultStore:
         self.folder = folder
         self.runs_path, self.curves_path = folder / "runs.csv", folder / "curves.csv"
         self.rows = read_csv(self.runs_path)
-        self._done = {_ident(r): r for r in self.rows}
+        self._done = {run_ident(r): r for r in self.rows}
         self._drop_orphaned_curves()
 
     def _drop_orphaned_curves(self) -> None:
         """Curve rows of a run that was interrupted before its ``runs.csv`` row (written last, the run's
         "done" mark) are removed, so that the run, done again, is not counted twice."""
         curves = read_csv(self.curves_path)
-        kept = [c for c in curves if _ident(c) in self._done]
+        kept = [c for c in curves if run_ident(c) in self._done]
         if len(kept) != len(curves):
-            tmp = self.curves_path.with_name(f".{self.curves_path.name}.tmp")
-            tmp.unlink(missing_ok=True)
-            _append(tmp, CURVE_FIELDS, kept)
-            tmp.replace(self.curves_path)
+            write_csv(self.curves_path, CURVE_FIELDS, kept)
 
     def done(self, key: RunKey) -> bool:
         """Whether ``key`` has a row in ``runs.csv`` (finished, diverged or failed)."""
@@ -109,9 +106,17 @@ class ResultStore:
         self._done[key.ident] = row
 
 
-def _ident(row: dict[str, str]) -> tuple[str, str, str, int]:
+def run_ident(row: dict[str, str]) -> tuple[str, str, str, int]:
     """A runs.csv or curves.csv row's run, as :attr:`RunKey.ident`."""
     return (row["task"], row["optimizer"], f"{float(row['factor']):.6g}", int(row["seed"]))
+
+
+def write_csv(path: Path, names: Sequence[str], rows: Iterable[dict]) -> None:
+    """Write ``rows`` to ``path`` whole, atomically (a temporary file, then renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    _append(tmp, names, rows)
+    tmp.replace(path)
 
 
 def _append(path: Path, names: Sequence[str], rows: Iterable[dict]) -> None:

@@ -9,17 +9,18 @@ import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from rvc_optim.evaluate.results import ResultStore, Summary, write_reports
+from rvc_optim.evaluate.results import CURVE_FIELDS, RUN_FIELDS, ResultStore, Summary, read_csv, run_ident, \
+    write_csv, write_reports
 from rvc_optim.evaluate.sweep import RunKey, plan_runs, run_kwargs, runs_per_optimizer, sweep_settings
 from rvc_optim.evaluate.tasks import TASKS, measure
 
-__all__ = ["EvalOptions", "run_benchmark", "ResumeMismatch"]
+__all__ = ["EvalOptions", "run_benchmark", "merge_folders", "ResumeMismatch"]
 
 #: What must match between a run folder and a ``--resume`` of it (optimizers and tasks may differ: chunks).
 PLAN_KEYS = ("steps", "seeds", "sweep", "evals")
@@ -46,6 +47,7 @@ class EvalOptions:
     plots: bool = True
     smoke: bool = False
     publish_ratings: Path | None = None
+    merge: list[Path] = field(default_factory=list)
 
     def eval_every(self, task: str) -> int:
         return max(1, math.ceil(self.steps[task] / self.evals))
@@ -68,11 +70,16 @@ def machine_description(threads: int) -> dict:
             "threads": threads, "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def _plan(opts: EvalOptions) -> dict:
+    """What must match between chunks of one benchmark (:data:`PLAN_KEYS`)."""
+    return {"steps": opts.steps, "seeds": opts.seeds, "sweep": opts.sweep, "evals": opts.evals}
+
+
 def _prepare_folder(opts: EvalOptions) -> dict:
     """The output folder's ``meta.json``: written fresh, or checked against a ``--resume``."""
     opts.out.mkdir(parents=True, exist_ok=True)
     meta_path = opts.out / "meta.json"
-    plan = {"steps": opts.steps, "seeds": opts.seeds, "sweep": opts.sweep, "evals": opts.evals}
+    plan = _plan(opts)
     if (opts.out / "runs.csv").exists() and not opts.resume:
         raise ResumeMismatch(f"{opts.out} already holds results: pass --resume to continue them, or another --out")
     if opts.resume and meta_path.exists():
@@ -86,6 +93,42 @@ def _prepare_folder(opts: EvalOptions) -> dict:
             "source_file": (opts.out / "runs.csv").as_posix()}
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return meta
+
+
+def merge_folders(out: Path, parts: list[Path], plan: dict) -> None:
+    """Combine run folders of ``plan`` (chunks run side by side, by separate processes or machines,
+    each on some of the optimizers) into ``out``, which must hold no results yet: their runs and
+    curves, and a ``meta.json`` that names the parts. A run found in two parts is an error."""
+    if (out / "runs.csv").exists():
+        raise ResumeMismatch(f"--merge: {out} already holds results; merge into a new --out")
+    metas = []
+    for part in parts:
+        if not (part / "meta.json").is_file() or not (part / "runs.csv").is_file():
+            raise ResumeMismatch(f"--merge: {part} is not a run folder (no meta.json and runs.csv)")
+        metas.append(json.loads((part / "meta.json").read_text(encoding="utf-8")))
+        for key in PLAN_KEYS:
+            if metas[-1].get(key) != plan[key]:
+                raise ResumeMismatch(f"--merge: {part} was run with {key}={metas[-1].get(key)!r}, this run "
+                                     f"asks for {plan[key]!r}; use the same settings")
+    runs, curves, found_in = [], [], {}
+    for part in parts:
+        part_runs = read_csv(part / "runs.csv")
+        for row in part_runs:
+            ident = run_ident(row)
+            if ident in found_in:
+                raise ResumeMismatch(f"--merge: the run {ident} is in both {found_in[ident]} and {part}")
+            found_in[ident] = part
+        done = {run_ident(r) for r in part_runs}
+        runs += part_runs
+        curves += [c for c in read_csv(part / "curves.csv") if run_ident(c) in done]
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "curves.csv", CURVE_FIELDS, curves)
+    write_csv(out / "runs.csv", RUN_FIELDS, runs)
+    meta = {**metas[0], "started": min(m["started"] for m in metas),
+            "parts": [{"folder": part.as_posix(), "machine": m["machine"], "threads": m["threads"],
+                       "started": m["started"], "version": m["version"]} for part, m in zip(parts, metas)],
+            "source_file": (out / "runs.csv").as_posix()}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def _planned_steps(opts: EvalOptions, store: ResultStore) -> tuple[int, int]:
@@ -140,6 +183,9 @@ def run_benchmark(opts: EvalOptions) -> tuple[list[Summary], bool]:
     from rvc_optim.evaluate.tasks import make_task
 
     torch.set_num_threads(opts.threads)
+    if opts.merge:
+        merge_folders(opts.out, opts.merge, _plan(opts))
+        opts = replace(opts, resume=True)
     meta = _prepare_folder(opts)
     store = ResultStore(opts.out)
     total, done = _planned_steps(opts, store)
