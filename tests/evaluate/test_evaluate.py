@@ -101,21 +101,35 @@ def _row(optimizer: str, factor: float, seed: int, loss: float, task: str = "rvc
             "wall_seconds": "1", "error": ""}
 
 
+def _curve(row: dict[str, str], start: float) -> list[dict[str, str]]:
+    """The validations of a hand-made run: ``start`` at step 0, its final loss at its last step."""
+    points = [(0, start)] + ([(10, float(row["final_loss"]))] if row["status"] == "ok" else [])
+    return [{"task": row["task"], "optimizer": row["optimizer"], "factor": row["factor"], "seed": row["seed"],
+             "step": str(step), "seconds": str(step / 10), "loss": str(loss)} for step, loss in points]
+
+
 def test_rating_formula_on_hand_made_results():
-    assert [rating(x, 1.0, 0.0) for x in (1.0, 1.04, 1.1, 1.25, 1.5, 2.0)] == [5, 5, 4, 3, 2, 1]
-    assert rating(1.0, 1.0, 0.5) == 4 and rating(1.7, 1.0, 0.5) == 1  # divergence costs a star, never below 1
-    assert rating(math.nan, 1.0, 1.0) == 1
+    assert [rating(x, 0.0) for x in (1.0, 0.96, 0.9, 0.75, 0.6, 0.3, -0.5)] == [5, 5, 4, 3, 2, 1, 1]
+    assert rating(1.0, 0.5) == 4 and rating(0.55, 0.5) == 1  # divergence costs a star, never below 1
+    assert rating(math.nan, 1.0) == 1
     rows = [_row("AdamW", 1, 0, 2.0), _row("AdamW", 3, 0, 1.0), _row("AdamW", 1 / 3, 0, math.nan),
             _row("AdamW", 3, 1, 1.2), _row("AdamW", 3, 2, 0.8),
-            _row("Lion", 1, 0, 1.5), _row("Lion", 1, 1, 1.5),
+            _row("Lion", 1, 0, 2.0), _row("Lion", 1, 1, 2.0),
             _row("SGD", 1, 0, math.nan)]
-    by_name = {s.optimizer: s for s in summarize(rows, [])}
-    adamw = by_name["AdamW"]
-    assert adamw.best_setting == "lr=3 (edge)" and by_name["Lion"].best_setting == "lr=1"
+    starts = {"0": 3.0, "1": 2.8, "2": 3.2}  # the same for every optimizer: the same initial weights per seed
+    curves = [c for r in rows for c in _curve(r, starts[r["seed"]])]
+    by_name = {s.optimizer: s for s in summarize(rows, curves)}
+    adamw, lion = by_name["AdamW"], by_name["Lion"]
+    assert adamw.best_setting == "lr=3 (edge)" and lion.best_setting == "lr=1"
     assert adamw.best_factor == 3 and adamw.final_loss == pytest.approx(1.0) and adamw.seeds == 3
     assert adamw.sweep_spread == pytest.approx(1.0) and (adamw.diverged_runs, adamw.runs) == (1, 5)
-    assert (adamw.rating, by_name["Lion"].rating, by_name["SGD"].rating) == (5, 2, 1)
-    assert [s.optimizer for s in summarize(rows, [])] == ["AdamW", "Lion", "SGD"]
+    # AdamW descends from 3.0 (mean of seeds 0-2) to 1.0; Lion from 2.9 (seeds 0, 1) to 2.0: 0.9 / 2.0
+    assert adamw.start_loss == pytest.approx(3.0) and lion.start_loss == pytest.approx(2.9)
+    assert (adamw.descent_share, lion.descent_share) == (pytest.approx(1.0), pytest.approx(0.45))
+    assert (adamw.rating, lion.rating, by_name["SGD"].rating) == (5, 1, 1)
+    assert math.isnan(by_name["SGD"].descent_share)
+    assert [s.optimizer for s in summarize(rows, curves)] == ["AdamW", "Lion", "SGD"]
+    assert {s.rating for s in summarize(rows, [])} == {1}  # no validations: no start loss, no share
 
 
 def test_chunks_run_side_by_side_merge_into_one_folder_without_running_again(tmp_path, monkeypatch, capsys):

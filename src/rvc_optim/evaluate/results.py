@@ -10,10 +10,13 @@ Files in the output folder:
 * ``ratings.csv``: the measured 1-5 rating per task and optimizer, with its provenance.
 * ``<task>_loss_vs_steps.png``, ``<task>_loss_vs_seconds.png``, ``<task>_final_loss.png``.
 
-The rating (per task), from the summary, is deliberately simple:
+The rating (per task), from the summary, is deliberately simple. Every optimizer starts from the same
+weights (per seed), so the validation loss at step 0 is common to all; what an optimizer achieves is
+the descent from there, and it is rated by its share of the best optimizer's descent:
 
-* ``excess = best setting's mean final loss / the lowest such mean of all optimizers - 1``;
-* 5 stars for ``excess <= 5%``, 4 for ``<= 15%``, 3 for ``<= 30%``, 2 for ``<= 60%``, else 1
+* ``descent share = (start loss - final loss) / (start loss - final loss of the best optimizer)``, each
+  loss the best setting's mean over its seeds (the start loss: their step-0 validations);
+* 5 stars for a share ``>= 95%``, 4 for ``>= 85%``, 3 for ``>= 70%``, 2 for ``>= 50%``, else 1
   (:data:`RATING_THRESHOLDS`);
 * one star less (never below 1) where more than a third of the optimizer's runs diverged;
 * 1 star where every run of the best setting diverged.
@@ -38,7 +41,7 @@ from rvc_optim.evaluate.tasks import RunOutcome
 __all__ = ["RATING_THRESHOLDS", "RUN_FIELDS", "Summary", "ResultStore", "rating", "summarize",
            "write_reports", "markdown_tables", "read_markdown_tables", "read_csv", "run_ident", "write_csv"]
 
-RATING_THRESHOLDS = ((0.05, 5), (0.15, 4), (0.30, 3), (0.60, 2))
+RATING_THRESHOLDS = ((0.95, 5), (0.85, 4), (0.70, 3), (0.50, 2))  # (least descent share, stars)
 DIVERGENCE_PENALTY_ABOVE = 1 / 3
 TARGET_OPTIMIZER = "AdamW"
 RUN_FIELDS = ["task", "optimizer", "argument", "factor", "value", "seed", "steps", "status", "final_loss",
@@ -152,6 +155,8 @@ class Summary:
     step_ms: float
     state_kib: float
     best_factor: float = 1.0
+    start_loss: float = math.nan
+    descent_share: float = math.nan
     rating: int = 0
 
     @property
@@ -159,12 +164,11 @@ class Summary:
         return self.diverged_runs / self.runs if self.runs else math.nan
 
 
-def rating(final_loss: float, best_loss: float, divergence_rate: float) -> int:
-    """The measured 1-5 rating (see the module docstring)."""
-    if not math.isfinite(final_loss):
+def rating(descent_share: float, divergence_rate: float) -> int:
+    """The measured 1-5 rating (see the module docstring); a NaN share (every run diverged) is 1."""
+    if not math.isfinite(descent_share):
         return 1
-    excess = final_loss / best_loss - 1.0
-    stars = next((s for limit, s in RATING_THRESHOLDS if excess <= limit), 1)
+    stars = next((s for limit, s in RATING_THRESHOLDS if descent_share >= limit), 1)
     if divergence_rate > DIVERGENCE_PENALTY_ABOVE:
         stars -= 1
     return max(1, stars)
@@ -216,16 +220,25 @@ def summarize(rows: list[dict[str, str]], curve_rows: list[dict[str, str]]) -> l
     for r in rows:
         groups.setdefault((r["task"], r["optimizer"]), []).append(r)
     out = [_optimizer_summary(task, name, rs) for (task, name), rs in groups.items()]
+    best_curves = {(s.task, s.optimizer): [curves.get((s.task, s.optimizer, s.best_factor, r["seed"]), [])
+                                          for r in groups[(s.task, s.optimizer)]
+                                          if _num(r["factor"]) == s.best_factor and r["status"] == "ok"] for s in out}
+    for s in out:
+        starts = [_num(points[0]["loss"]) for points in best_curves[(s.task, s.optimizer)] if points]
+        s.start_loss = statistics.mean(starts) if starts else math.nan
     for task in dict.fromkeys(s.task for s in out):
         mine = [s for s in out if s.task == task]
-        finite = [s.final_loss for s in mine if math.isfinite(s.final_loss)]
+        finite = [s for s in mine if math.isfinite(s.final_loss)]
+        best = min(finite, key=lambda s: s.final_loss, default=None)
         reference = next((s.final_loss for s in mine if s.optimizer == TARGET_OPTIMIZER), math.nan)
-        target = reference if math.isfinite(reference) else statistics.median(finite) if finite else math.nan
+        target = reference if math.isfinite(reference) else \
+            statistics.median(s.final_loss for s in finite) if finite else math.nan
+        best_descent = best.start_loss - best.final_loss if best is not None else math.nan
         for s in mine:
-            s.rating = rating(s.final_loss, min(finite), s.divergence_rate) if finite else 1
-            runs = [curves.get((task, s.optimizer, s.best_factor, r["seed"]), []) for r in groups[(task, s.optimizer)]
-                    if _num(r["factor"]) == s.best_factor and r["status"] == "ok"]
-            s.steps_to_target, s.seconds_to_target = _time_to_target(runs, target)
+            if best_descent > 0:  # NaN (no start loss) or nothing descended: no share, 1 star
+                s.descent_share = (s.start_loss - s.final_loss) / best_descent
+            s.rating = rating(s.descent_share, s.divergence_rate)
+            s.steps_to_target, s.seconds_to_target = _time_to_target(best_curves[(task, s.optimizer)], target)
     return sorted(out, key=lambda s: (s.task, not math.isfinite(s.final_loss), s.final_loss, s.optimizer))
 
 
@@ -233,9 +246,9 @@ def summarize(rows: list[dict[str, str]], curve_rows: list[dict[str, str]]) -> l
 # Reports: summary.csv, results.md (and parsing it back), ratings.csv, plots
 # --------------------------------------------------------------------------------------------------
 
-TABLE_HEADER = ("Rank", "Optimizer", "Best setting", "Final loss (mean ± std)", "Seeds", "Sweep spread",
-                "Diverged or failed", "Steps to target", "Seconds to target", "Step ms", "State KiB",
-                "Measured", "Guide")
+TABLE_HEADER = ("Rank", "Optimizer", "Best setting", "Final loss (mean ± std)", "Share of best descent", "Seeds",
+                "Sweep spread", "Diverged or failed", "Steps to target", "Seconds to target", "Step ms",
+                "State KiB", "Measured", "Guide")
 
 
 def _fmt(value: float, spec: str = ".4f") -> str:
@@ -247,7 +260,8 @@ def _table_row(rank: int, s: Summary) -> tuple[str, ...]:
     from rvc_optim.registry import optimizer_info
 
     loss = "diverged" if not math.isfinite(s.final_loss) else f"{s.final_loss:.4f} ± {s.final_loss_std:.4f}"
-    return (str(rank), s.optimizer, s.best_setting, loss, str(s.seeds), _fmt(s.sweep_spread),
+    return (str(rank), s.optimizer, s.best_setting, loss, _fmt(100 * s.descent_share, ".0f") + "%" * math.isfinite(
+        s.descent_share), str(s.seeds), _fmt(s.sweep_spread),
             f"{s.diverged_runs}/{s.runs}", _fmt(s.steps_to_target, ".0f"), _fmt(s.seconds_to_target, ".1f"),
             _fmt(s.step_ms, ".0f"), _fmt(s.state_kib, ".0f"), f"{s.rating}/5",
             f"{optimizer_info(s.optimizer).rating:.1f}/5")
