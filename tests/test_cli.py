@@ -142,3 +142,16 @@ def test_show_says_when_state_is_not_measured():
     pending = dataclasses.replace(RECORDS[0], class_path="rvc_optim.optim.not_written_yet:Missing")
     assert not pending.available
     assert _measured_state(pending) == "bytes of state per parameter: not measured (not implemented yet)"
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    """``rvc-optim list | head -1``: the pipe closes before the table is written; the command stops
+    quietly (exit 141, as a shell reports SIGPIPE) instead of printing a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "rvc_optim.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has imported anything, let alone printed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err.decode().strip() == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -207,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"rvc-optim: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rvc-optim list | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     return 0
 
 
