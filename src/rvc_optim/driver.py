@@ -65,7 +65,7 @@ class ProtocolDriver:
             raise ValueError(f"{self.info.name} needs a closure for step()")
         if self.refresh_due():
             refresh = getattr(self.optimizer, self.protocol.curvature_refresh.method)
-            refresh() if loss_scale is None else refresh(loss_scale=loss_scale)
+            refresh(**({} if loss_scale is None else {"loss_scale": loss_scale}))
             self.refreshes += 1
         if step_fn is not None:
             loss = step_fn()
