@@ -12,6 +12,8 @@ three small tensors. Every optimizer's compiled path was checked this way when i
 from __future__ import annotations
 
 
+import weakref
+
 import pytest
 import torch
 import torch._dynamo
@@ -23,9 +25,12 @@ from rvc_optim.optim._compile import (
     BLOCK_NUMEL,
     ENV_VAR,
     UpdateFunction,
+    FlatViews,
     _compile_chunks,
     cache_blocks,
+    clear_graphs,
     compile_available,
+    graphs_built,
     resolve_compiled,
     run_by_tensor_batches,
 )
@@ -79,8 +84,11 @@ def _run(record, compiled: bool, steps: int, forbid_recompiles_after: int | None
         # After the first steps every update function has met its inputs; from then on any cache miss
         # (a Python float that changed, a guard on a step count) is a recompile, and an error.
         strict = forbid_recompiles_after is not None and i >= forbid_recompiles_after
+        built = graphs_built()
         with torch._dynamo.config.patch(error_on_recompile=strict):
             driver.step()
+        rebuilt = [fn for fn, count in graphs_built().items() if fn in built and count != built[fn]]
+        assert not strict or not rebuilt, f"{record.name}: {rebuilt} built another chunk graph at step {i}"
     return [p.detach().clone() for p in params]
 
 
@@ -89,13 +97,15 @@ def _run(record, compiled: bool, steps: int, forbid_recompiles_after: int | None
 @pytest.mark.parametrize("record", COMPILED, ids=lambda r: r.name)
 def test_compiled_matches_eager_and_compiles_once(record):
     torch._dynamo.reset()
+    clear_graphs()
     steps = 7  # past a Lookahead merge (every 5 steps) and any warm-up's first steps
     eager = _run(record, compiled=False, steps=steps)
     torch._dynamo.utils.counters.clear()
+    built = sum(graphs_built().values())
     compiled = _run(record, compiled=True, steps=steps, forbid_recompiles_after=2)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] + sum(graphs_built().values()) - built
     assert graphs >= 1, f"{record.name}: nothing was compiled"
 
 
@@ -155,10 +165,45 @@ def test_blocked_run_sums_reductions_and_reads_cpu_scalars_as_floats():
     assert all(bool((x == 2.0).all()) for x in xs)
 
 
-def test_compile_chunks_are_full_largest_first_and_keep_tiny_tensors_eager():
-    tensors = [torch.zeros(n) for n in (5, 1, 900, 40, 3)] + [torch.zeros(4, 4).t()]  # the last: not contiguous
+def test_compile_chunks_are_full_flat_views_in_order_and_keep_tiny_tensors_eager():
+    tensors = [torch.zeros(n) for n in (5, 1, 900, 40, 3)] + [torch.zeros(4, 4).t(), torch.zeros(3, 7)]
     chunks, rest = _compile_chunks([tensors, [t.clone() for t in tensors]])
     assert len(chunks) == 1 and len(chunks[0][0]) == 16  # padded to a full chunk
-    assert [t.numel() for t in chunks[0][0][:4]] == [900, 40, 5, 3]
-    assert all(t.dim() == 1 and t._base is None for t in chunks[0][0])  # flat, and not views
-    assert [t.numel() for t in rest[0]] == [1, 16]
+    assert [t.numel() for t in chunks[0][0][:5]] == [5, 900, 40, 3, 21]
+    assert all(t.dim() == 1 and t.is_contiguous() for t in chunks[0][0])
+    assert chunks[0][0][4].data_ptr() == tensors[6].data_ptr()  # a view on the tensor's memory, not a copy
+    assert all(bool((t == 0).all()) and t.numel() == 2 for t in chunks[0][0][5:])  # padding: fresh zeros
+    assert [t.numel() for t in rest[0]] == [1, 16]  # one element, and not contiguous: eager
+
+
+def test_flat_views_are_kept_for_persistent_lists_only():
+    views = FlatViews()
+    params = [torch.zeros(2, 3), torch.zeros(4)]
+    first = views(params)
+    second = views(params)  # seen twice: the views are made once more and kept
+    assert views(params) is second and first is not second
+    assert [v.shape for v in second] == [(6,), (4,)] and second[0].data_ptr() == params[0].data_ptr()
+    params[0].data = torch.ones(2, 3)  # new memory under the same tensor: new views
+    assert views(params)[0].data_ptr() == params[0].data_ptr()
+    grads = [torch.zeros(5)]
+    views(grads)
+    views(grads)
+    assert views([torch.zeros(5)])[0].data_ptr() != grads[0].data_ptr()  # a new list of new tensors
+    entry_refs = [e[0] for e in views._entries.values()]
+    assert all(isinstance(r, weakref.ref) for refs in entry_refs for r in refs)  # holds nothing alive
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not compile_available("cpu"), reason="no C++ compiler for torch.compile on this machine")
+def test_a_function_that_branches_on_sizes_is_refused_not_compiled_wrong(monkeypatch):
+    def halve_large(xs: list[torch.Tensor]) -> None:
+        for x in xs:
+            if x.numel() > 100:  # traced on large examples, this branch would be baked in for every size
+                x.mul_(0.5)
+
+    with pytest.raises(RuntimeError, match="depends on tensor sizes"):
+        UpdateFunction(halve_large, compiled=True)([torch.ones(3)], device_type="cpu")
+    monkeypatch.setenv(ENV_VAR, "1")
+    small = [torch.ones(3) for _ in range(2)]
+    with pytest.warns(UserWarning, match="depends on tensor sizes"):
+        UpdateFunction(halve_large)(small, device_type="cpu")  # automatic: falls back to eager
+    assert all(bool((x == 1.0).all()) for x in small)
