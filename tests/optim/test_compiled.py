@@ -168,12 +168,24 @@ def test_blocked_run_sums_reductions_and_reads_cpu_scalars_as_floats():
 def test_compile_chunks_are_full_flat_views_in_order_and_keep_tiny_tensors_eager():
     tensors = [torch.zeros(n) for n in (5, 1, 900, 40, 3)] + [torch.zeros(4, 4).t(), torch.zeros(3, 7)]
     chunks, rest = _compile_chunks([tensors, [t.clone() for t in tensors]])
-    assert len(chunks) == 1 and len(chunks[0][0]) == 16  # padded to a full chunk
-    assert [t.numel() for t in chunks[0][0][:5]] == [5, 900, 40, 3, 21]
-    assert all(t.dim() == 1 and t.is_contiguous() for t in chunks[0][0])
-    assert chunks[0][0][4].data_ptr() == tensors[6].data_ptr()  # a view on the tensor's memory, not a copy
-    assert all(bool((t == 0).all()) and t.numel() == 2 for t in chunks[0][0][5:])  # padding: fresh zeros
+    assert len(chunks) == 1 and chunks[0][0] is None and len(chunks[0][1][0]) == 16  # padded to a full chunk
+    flat = chunks[0][1][0]
+    assert [t.numel() for t in flat[:5]] == [5, 900, 40, 3, 21]
+    assert all(t.dim() == 1 and t.is_contiguous() for t in flat)
+    assert flat[4].data_ptr() == tensors[6].data_ptr()  # a view on the tensor's memory, not a copy
+    assert all(bool((t == 0).all()) and t.numel() == 2 for t in flat[5:])  # padding: fresh zeros
     assert [t.numel() for t in rest[0]] == [1, 16]  # one element, and not contiguous: eager
+
+
+def test_whole_tensor_chunks_are_grouped_by_rank_and_padded_to_the_minimum_size():
+    tensors = [torch.zeros(5), torch.zeros(2), torch.zeros(3, 4), torch.zeros(6), torch.zeros(2, 2, 2)]
+    chunks, rest = _compile_chunks([tensors], whole=True, min_numel=3)
+    assert [(rank, [t.shape for t in lists[0][:2]]) for rank, lists in chunks] == [
+        (1, [(5,), (6,)]), (2, [(3, 4), (2, 2)]), (3, [(2, 2, 2), (2, 2, 2)])]
+    assert all(len(lists[0]) == 16 for _, lists in chunks)
+    assert chunks[0][1][0][2].shape == (3,)  # a 1-D pad of min_numel elements
+    assert chunks[0][1][0][0] is tensors[0]  # whole tensors, not views
+    assert [t.shape for t in rest[0]] == [(2,)]
 
 
 def test_flat_views_are_kept_for_persistent_lists_only():

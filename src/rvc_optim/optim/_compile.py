@@ -53,6 +53,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
+import sympy
 import torch
 from torch import Tensor
 
@@ -193,35 +194,55 @@ class FlatViews:
         return list(map(Tensor.flatten, tensors))
 
 
-def _compile_chunks(tensor_lists: Sequence[list[Tensor]], flat_views: Callable[[list[Tensor]], list[Tensor]] | None = None
-                    ) -> tuple[list[list[list[Tensor]]], list[list[Tensor]]]:
-    """Chunks of :data:`CHUNK_TENSORS` flat views for the compiled path, and what stays eager.
+class SizeDependentError(RuntimeError):
+    """An update whose trace or generated code depends on tensor sizes: it cannot be compiled by chunks."""
 
-    Tensors of fewer than two elements (sizes 0 and 1 would need their own graph) and non-contiguous ones
-    stay on the eager path; the last chunk is padded with fresh two-element zero tensors (zeros stay
-    zeros under an optimizer update with a zero gradient, and add nothing to a returned sum). This runs
-    every step over every tensor, so it is written with C-level ``map`` rather than Python loops, and
-    ``flat_views`` (a :class:`FlatViews`) reuses the views of lists that persist.
+
+Chunk = tuple[int | None, list[list[Tensor]]]  # (rank of whole tensors, or None for flat views; the lists)
+
+
+def _pad(like: Tensor, rank: int | None, min_numel: int) -> Tensor:
+    """A fresh zero tensor to fill a chunk: zeros stay zeros under an optimizer update with a zero
+    gradient, and add nothing to a returned sum."""
+    side = 2
+    while side ** (rank or 1) < min_numel:
+        side += 1
+    return torch.zeros((side,) * (rank or 1), dtype=like.dtype, device=like.device)
+
+
+def _compile_chunks(tensor_lists: Sequence[list[Tensor]], flat_views: Callable[[list[Tensor]], list[Tensor]] | None = None,
+                    *, whole: bool = False, min_numel: int = 2) -> tuple[list[Chunk], list[list[Tensor]]]:
+    """Chunks of :data:`CHUNK_TENSORS` tensors for the compiled path, and what stays eager.
+
+    Elementwise updates get flat views (``flat_views``, a :class:`FlatViews`, reuses those of lists that
+    persist); updates of whole tensors (``whole``) get the tensors themselves, grouped by rank, one graph
+    per rank. Tensors of fewer than ``min_numel`` elements (at least 2: sizes 0 and 1 would need their own
+    graph) and non-contiguous ones stay on the eager path; the last chunk of a kind is padded (:func:`_pad`).
+    This runs every step over every tensor, so it is written with C-level ``map`` where it can be.
     """
     numels = map(Tensor.numel, tensor_lists[0])
     contiguous = zip(*(map(Tensor.is_contiguous, lst) for lst in tensor_lists))
-    keep = [n >= 2 and all(c) for n, c in zip(numels, contiguous)]
+    keep = [n >= min_numel and all(c) for n, c in zip(numels, contiguous)]
     if not any(keep):
         return [], [list(lst) for lst in tensor_lists]
-    flatten = flat_views or (lambda lst: list(map(Tensor.flatten, lst)))
-    if all(keep):
-        chunkable = [flatten(lst) for lst in tensor_lists]
-        rest: list[list[Tensor]] = [[] for _ in tensor_lists]
+    rest = [[t for t, k in zip(lst, keep) if not k] for lst in tensor_lists]
+    if whole:
+        kept = [[t for t, k in zip(lst, keep) if k] for lst in tensor_lists]
+        by_rank: dict[int, list[int]] = {}
+        for i, t in enumerate(kept[0]):
+            by_rank.setdefault(t.dim(), []).append(i)
+        groups = [(rank, [[lst[i] for i in index] for lst in kept]) for rank, index in sorted(by_rank.items())]
     else:
-        chunkable = [flatten([t for t, k in zip(lst, keep) if k]) for lst in tensor_lists]
-        rest = [[t for t, k in zip(lst, keep) if not k] for lst in tensor_lists]
-    chunkable = [list(lst) for lst in chunkable]  # padded below: never extend a cached list
-    n = len(chunkable[0])
-    if n % CHUNK_TENSORS:
-        for out in chunkable:
-            out.extend(torch.zeros(2, dtype=out[0].dtype, device=out[0].device)
-                       for _ in range(CHUNK_TENSORS - n % CHUNK_TENSORS))
-    chunks = [[lst[i:i + CHUNK_TENSORS] for lst in chunkable] for i in range(0, n, CHUNK_TENSORS)]
+        flatten = flat_views or (lambda lst: list(map(Tensor.flatten, lst)))
+        lists = tensor_lists if all(keep) else [[t for t, k in zip(lst, keep) if k] for lst in tensor_lists]
+        groups = [(None, [list(flatten(lst)) for lst in lists])]  # copies: padded below
+    chunks: list[Chunk] = []
+    for rank, lists in groups:
+        n = len(lists[0])
+        if n % CHUNK_TENSORS:
+            for out in lists:
+                out.extend(_pad(out[0], rank, min_numel) for _ in range(CHUNK_TENSORS - n % CHUNK_TENSORS))
+        chunks += [(rank, [lst[i:i + CHUNK_TENSORS] for lst in lists]) for i in range(0, n, CHUNK_TENSORS)]
     return chunks, rest
 
 
@@ -232,10 +253,13 @@ class UpdateFunction:
     function is built lazily on the first compiled call and shared by every optimizer instance.
     """
 
-    def __init__(self, fn: Callable[..., Any], compiled: bool | None = None, *, elementwise: bool = True) -> None:
+    def __init__(self, fn: Callable[..., Any], compiled: bool | None = None, *, elementwise: bool = True,
+                 min_numel: int = 2) -> None:
         self.fn = fn
         self.compiled = compiled
         self.elementwise = elementwise
+        self.min_numel = max(2, min_numel)
+        self._whole_by_chunks = True
         self._failed = False
         self._flat_views = FlatViews()
 
@@ -243,8 +267,7 @@ class UpdateFunction:
         if any(not lst for lst in tensor_lists):  # an optional list left empty: whole lists, nothing to cut
             if not any(tensor_lists):
                 return None
-            if self.elementwise:
-                return self._with_empty_lists(tensor_lists, device_type, scalars)
+            return self._with_empty_lists(tensor_lists, device_type, scalars)
         if not self._failed and resolve_compiled(self.compiled, device_type):
             try:
                 return self._run_compiled(tensor_lists, scalars)
@@ -261,9 +284,10 @@ class UpdateFunction:
         """Run with the empty lists (an optional state, such as a switched-off compensation buffer) taken
         out, and put back as empty lists in every call of ``fn``."""
         present = tuple(i for i, lst in enumerate(tensor_lists) if lst)
-        key = (self.fn, self.compiled, len(tensor_lists), present)
+        key = (self.fn, self.compiled, self.elementwise, self.min_numel, len(tensor_lists), present)
         if key not in _WITHOUT_EMPTY:
-            _WITHOUT_EMPTY[key] = UpdateFunction(_without_empty(self.fn, len(tensor_lists), present), self.compiled)
+            _WITHOUT_EMPTY[key] = UpdateFunction(_without_empty(self.fn, len(tensor_lists), present), self.compiled,
+                                                 elementwise=self.elementwise, min_numel=self.min_numel)
         return _WITHOUT_EMPTY[key](*(tensor_lists[i] for i in present), device_type=device_type, **scalars)
 
     def _run_blocked(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
@@ -277,14 +301,24 @@ class UpdateFunction:
         return total
 
     def _run_compiled(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
+        if not self.elementwise and self._whole_by_chunks:
+            try:
+                return self._run_chunks(tensor_lists, scalars)
+            except Exception:  # noqa: BLE001 - sizes branched on, or inductor's own failure: dynamo's whole-list graph
+                self._whole_by_chunks = False
         if not self.elementwise:
             return _compiled(self.fn, dynamic=False)(*tensor_lists, **scalars)
-        chunks, rest = _compile_chunks(tensor_lists, self._flat_views)
-        total: Results = None
-        if chunks:
-            graph = chunk_graph(self.fn, chunks[0], scalars)
-            for chunk in chunks:
-                total = _add_results(total, graph(chunk, scalars))
+        return self._run_chunks(tensor_lists, scalars)
+
+    def _run_chunks(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
+        if len({len(lst) for lst in tensor_lists}) > 1:  # state for some tensors only
+            raise SizeDependentError(f"{self.fn.__name__} takes lists of different lengths")
+        chunks, rest = _compile_chunks(tensor_lists, self._flat_views, whole=not self.elementwise,
+                                       min_numel=self.min_numel)
+        graphs = [chunk_graph(self.fn, chunk, scalars, rank, self.min_numel) for rank, chunk in chunks]
+        total: Results = None  # every graph built before any runs: a refused one leaves nothing half done
+        for graph, (_, chunk) in zip(graphs, chunks):
+            total = _add_results(total, graph(chunk, scalars))
         if rest[0]:
             total = _add_results(total, self.fn(*rest, **scalars))
         return total
@@ -318,71 +352,98 @@ _EXAMPLE_NUMEL = 1 << 16
 
 
 class ChunkGraph:
-    """``fn`` compiled once for chunks of :data:`CHUNK_TENSORS` flat tensors per list, of any sizes >= 2.
+    """``fn`` compiled once for chunks of :data:`CHUNK_TENSORS` tensors per list, of any sizes.
 
     Built without dynamo: ``fn`` is traced by ``make_fx`` with symbolic sizes on example tensors, and the
     graph is compiled by inductor (``torch._inductor.standalone_compile``). Calling it is then a call of
     the generated kernel: no guards, no size reads in Python, about 30 us per chunk against about 250 us
     through ``torch.compile``'s dynamo frame (measured on 16 tiny tensors, one CPU thread). With no
     guards, what the graph assumes is the caller's to keep, and :meth:`UpdateFunction._run_compiled` keeps
-    it: 1-D contiguous tensors of at least two elements, the dtypes and device it was built for, the same
-    Python-number scalars (baked in as constants; they are part of the cache key).
+    it: contiguous tensors of at least ``min_numel`` elements, of rank ``rank`` (``None``: 1-D views), the
+    dtypes and device it was built for, and the same Python-number scalars (baked in as constants; they
+    are part of the cache key). A trace that branches on a size is refused, since no size is checked.
     """
 
     def __init__(self, fn: Callable[..., Any], dtypes: tuple[torch.dtype, ...], device: torch.device,
-                 tensor_scalars: dict[str, tuple[torch.dtype, torch.device]], constants: dict[str, Any]) -> None:
+                 tensor_scalars: dict[str, tuple[torch.dtype, torch.device]], constants: dict[str, Any],
+                 rank: int | None = None, min_numel: int = 2) -> None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         self.tensor_names = tuple(tensor_scalars)
         n_lists, k = len(dtypes), CHUNK_TENSORS
-        self.returns: type | None = None
+        self.returns: str | None = None  # what fn returns: None, "tensor" or "tuple"
 
         def flat_fn(*args: Tensor) -> tuple[Tensor, ...]:
+            for t in args[:k]:  # what the caller guarantees, so that fn's trace need not branch on it
+                torch._check(t.numel() >= min_numel)
             lists = [list(args[i * k:(i + 1) * k]) for i in range(n_lists)]
             out = fn(*lists, **dict(zip(self.tensor_names, args[n_lists * k:])), **constants)
-            self.returns = type(out) if out is not None else None
+            self.returns = None if out is None else "tensor" if isinstance(out, Tensor) else "tuple"
             return (out,) if isinstance(out, Tensor) else tuple(out or ())
 
-        examples = [torch.zeros(_EXAMPLE_NUMEL + j, dtype=dtype, device=device) for dtype in dtypes for j in range(k)]
+        # Tensor j of every list has the same example shape, and no other tensor shares a size with it:
+        # one symbol per dim of index j (equal sizes share a symbol), so the lists' equal shapes are no
+        # assumption of the trace, and any guard left on a size is a branch of fn on it.
+        shapes = [(_EXAMPLE_NUMEL + j,) if rank is None else tuple(3 + j + 16 * d for d in range(rank)) for j in range(k)]
+        examples = [torch.zeros(shape, dtype=dtype, device=device) for dtype in dtypes for shape in shapes]
         examples += [torch.zeros((), dtype=dtype, device=dev) for dtype, dev in tensor_scalars.values()]
-        # Tensor j of every list has size _EXAMPLE_NUMEL + j: one symbol per index j (equal sizes share
-        # a symbol), so the lists' equal shapes are no assumption of the trace, and any guard left on a
-        # size is a branch of fn on it.
         graph = make_fx(flat_fn, tracing_mode="symbolic")(*examples)
         fakes = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
-        size_guards = fakes[0].fake_mode.shape_env.guards
-        if size_guards:  # a branch on a tensor's size: the graph would be wrong for other sizes, unchecked
-            raise RuntimeError(f"{fn.__name__} depends on tensor sizes ({size_guards[0].expr}); "
-                               "it cannot run by chunks (pass elementwise=False)")
+        shape_env = fakes[0].fake_mode.shape_env
+        # what flat_fn's torch._check states, and the caller guarantees
+        allowed = {sympy.Ge(fake.numel().node.expr, min_numel) for fake in fakes[:k]
+                   if isinstance(fake.numel(), torch.SymInt)}
+        self._refuse_size_guards(fn, shape_env, allowed)
+        if rank is not None:  # small examples, large hints: inductor parallelises loops by their hinted size
+            hint = sympy.Integer(max(2, round(_EXAMPLE_NUMEL ** (1 / max(rank, 1)))))
+            for fake in fakes[:k]:
+                for size in fake.shape:
+                    if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+                        shape_env.backed_var_to_val[size.node.expr] = hint
+        traced_guards = set(guard.expr for guard in shape_env.guards)
         self.compiled = torch._inductor.standalone_compile(
             graph, fakes, dynamic_shapes="from_example_inputs", fake_mode=fakes[0].fake_mode,
             options={"config_patches": {"size_asserts": False}})
+        # Inductor's one size choice that changes rounding only: a float sum over more than 4096
+        # elements accumulates in cascaded chunks (cpp.py, "chunk size to balance accuracy and
+        # performance"). Any other guard it adds (32-bit indexing, say) is refused.
+        self._refuse_size_guards(fn, shape_env, allowed | traced_guards | {
+            guard.expr for guard in shape_env.guards
+            if isinstance(guard.expr, (sympy.StrictGreaterThan, sympy.LessThan)) and guard.expr.rhs == 4096})
+
+    @staticmethod
+    def _refuse_size_guards(fn: Callable[..., Any], shape_env: Any, allowed: set[Any]) -> None:
+        """A branch on a size: the graph would be wrong for other sizes, and nothing checks them."""
+        branches = [guard.expr for guard in shape_env.guards if guard.expr not in allowed]
+        if branches:
+            raise SizeDependentError(f"{fn.__name__} depends on tensor sizes ({branches[0]}); it cannot run by chunks")
 
     def __call__(self, chunk: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
         args = [t for lst in chunk for t in lst] + [scalars[name] for name in self.tensor_names]
         out = self.compiled(*args)
         if self.returns is None:
             return None
-        return out[0] if self.returns is Tensor else tuple(out)
+        return out[0] if self.returns == "tensor" else tuple(out)
 
 
 _GRAPHS: dict[tuple[Any, ...], ChunkGraph] = {}
 _GRAPH_COUNTS: dict[Callable[..., Any], int] = {}
 
 
-def chunk_graph(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], scalars: dict[str, Any]) -> ChunkGraph:
-    """The :class:`ChunkGraph` of ``fn`` for this chunk's dtypes and device and these scalars, built once."""
+def chunk_graph(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], scalars: dict[str, Any],
+                rank: int | None = None, min_numel: int = 2) -> ChunkGraph:
+    """The :class:`ChunkGraph` of ``fn`` for this chunk's dtypes, device and rank and these scalars, built once."""
     tensor_scalars = {k: (v.dtype, v.device) for k, v in scalars.items() if isinstance(v, Tensor)}
     constants = {k: v for k, v in scalars.items() if not isinstance(v, Tensor)}
     dtypes = tuple(lst[0].dtype for lst in chunk)
     device = chunk[0][0].device
-    key = (fn, dtypes, device, tuple(sorted(tensor_scalars.items())), tuple(sorted(constants.items())))
+    key = (fn, dtypes, device, rank, min_numel, tuple(sorted(tensor_scalars.items())), tuple(sorted(constants.items())))
     graph = _GRAPHS.get(key)
     if graph is None:
         if _GRAPH_COUNTS.get(fn, 0) >= GRAPH_LIMIT:
             raise RuntimeError(f"{fn.__name__} has built {GRAPH_LIMIT} graphs; a Python-number scalar changes from "
                                "call to call (pass per-step values as 0-d tensors)")
-        graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants)
+        graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants, rank, min_numel)
         _GRAPH_COUNTS[fn] = _GRAPH_COUNTS.get(fn, 0) + 1
     return graph
 

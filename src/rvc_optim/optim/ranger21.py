@@ -526,8 +526,9 @@ class Ranger21(Optimizer):
         self._set_schedule(num_epochs, num_batches_per_epoch, use_warmup and warmup_type is not None,
                            num_warmup_iterations, warmup_pct_default, betas[1], warmdown_active, warmdown_start_pct)
 
-        # Unit norms, means and standard deviations per tensor: these passes take whole tensors.
-        self._prepare = UpdateFunction(ranger21_prepare, compiled, elementwise=False)
+        # Unit norms, means and standard deviations per tensor: these passes take whole tensors. The
+        # normalisation skips tensors of two elements or fewer: compiled, those run eagerly (min_numel).
+        self._prepare = UpdateFunction(ranger21_prepare, compiled, elementwise=False, min_numel=3)
         self._update = UpdateFunction(ranger21_update, compiled, elementwise=False)
         self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled, elementwise=False)
         self._merge = UpdateFunction(lookahead_merge, compiled)
