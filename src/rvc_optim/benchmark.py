@@ -457,15 +457,15 @@ class Row:
     def label(self) -> str:
         return self.kind if self.published is None else self.published.label
 
-    @property
-    def compiles(self) -> bool:
-        """Whether this row compiles on a CPU (the default path does where ``RVC_OPTIM_COMPILE=1``)."""
+    def compiles(self, numel: int) -> bool:
+        """Whether this row compiles on a CPU, for a set of ``numel`` elements (the default path does
+        where ``RVC_OPTIM_COMPILE`` says so for that size, see :func:`resolve_compiled`)."""
         if self.kind == "compiled":
             return True
         if self.kind == "default":
             from rvc_optim.optim._compile import resolve_compiled
 
-            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu")
+            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu", numel)
         return self.published.compiles
 
 
@@ -707,7 +707,7 @@ def run(rows: list[Row], sets: list[str], repeats: int, warmup: int, threads: in
         baseline = make_baseline(params, warmup)
         for row in rows:
             build = (builders or {}).get((row.algorithm, row.label))
-            if row.compiles and build is None:
+            if row.compiles(sum(p.numel() for p in params)) and build is None:
                 result = time_compiling_row(row, set_name, repeats, warmup, threads, build_timeout, warm)
             else:
                 result = time_row(row, params, set_name, repeats, warmup, baseline, build)

@@ -23,6 +23,7 @@ from rvc_optim.catalog import RECORDS
 from rvc_optim.driver import ProtocolDriver
 from rvc_optim.optim._compile import (
     BLOCK_NUMEL,
+    CPU_AUTO_COMPILE_NUMEL,
     ENV_VAR,
     UpdateFunction,
     FlatViews,
@@ -56,8 +57,10 @@ def test_switch_reads_the_environment(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "1")
     assert resolve_compiled(None) is compile_available("cpu")
     monkeypatch.setenv(ENV_VAR, "auto")
-    # opt-in on a CPU: the build pays for itself within 1,000 steps for only some algorithms (measured)
+    # on a CPU for large updates only: there the build pays for itself within 1,000 steps (measured)
     assert resolve_compiled(None, "cpu") is False
+    assert resolve_compiled(None, "cpu", CPU_AUTO_COMPILE_NUMEL - 1) is False
+    assert resolve_compiled(None, "cpu", CPU_AUTO_COMPILE_NUMEL) is compile_available("cpu")
     assert resolve_compiled(None, "cuda") is compile_available("cuda")
     assert resolve_compiled(False) is False
     monkeypatch.setenv(ENV_VAR, "sometimes")
@@ -219,3 +222,11 @@ def test_a_function_that_branches_on_sizes_is_refused_not_compiled_wrong(monkeyp
     with pytest.warns(UserWarning, match="depends on tensor sizes"):
         UpdateFunction(halve_large)(small, device_type="cpu")  # automatic: falls back to eager
     assert all(bool((x == 1.0).all()) for x in small)
+
+
+def test_auto_decides_by_the_update_size_and_keeps_whole_tensor_updates_eager(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "auto")
+    big = [torch.zeros(CPU_AUTO_COMPILE_NUMEL)]
+    assert UpdateFunction(lambda xs: None)._auto_numel([big], "cpu") == CPU_AUTO_COMPILE_NUMEL
+    assert UpdateFunction(lambda xs: None, elementwise=False)._auto_numel([big], "cpu") is None
+    assert UpdateFunction(lambda xs: None, compiled=False)._auto_numel([big], "cpu") is None

@@ -13,7 +13,7 @@ Every optimizer this project writes keeps its math in one multi-tensor function
   read as Python floats (free on a CPU), so ``fn`` can use ``alpha=`` forms. Measured on RVC's
   generator set (Lion, 2 cores): whole-list foreach 2.8x the memory floor, a per-tensor loop 2.7x,
   blocks of 2**17 elements 2.1x (:data:`BLOCK_NUMEL`).
-* **compiled** (inductor, automatic on CUDA, opt-in on a CPU): every tensor is viewed as 1-D and the
+* **compiled** (inductor; automatic on CUDA, and on a CPU for large updates): every tensor is viewed as 1-D and the
   lists are cut into chunks of :data:`CHUNK_TENSORS` tensors (the last one padded with tiny zero
   tensors). ``fn`` is traced once for a chunk with symbolic sizes and compiled by inductor without
   dynamo (:class:`ChunkGraph`): one graph serves every chunk of every parameter set, so the build takes
@@ -27,10 +27,10 @@ The choice between eager and compiled:
 * the optimizer's ``compiled`` argument: ``True``, ``False`` or ``None`` (automatic);
 * for ``None``, the environment variable ``RVC_OPTIM_COMPILE``: ``1`` (compile wherever a compiler is
   available: CUDA with Triton, or a CPU with a C++ compiler on the path), ``0`` (eager) or ``auto`` (the
-  default: compile on CUDA only). On a CPU the build (18-66 s per algorithm on 2 cores, measured on RVC's
-  generator set) pays for itself within 1,000 steps for the optimizers with many passes (schedule-free
-  AdamW/Adam, Adan, AnyPrecisionAdamW, DAdaptAdaGrad) but not for the others, and never for small
-  models: ``benchmarks/results/step_time_cpu_compiled_generator.log``.
+  default): compile on CUDA, and on a CPU for an elementwise update of at least
+  :data:`CPU_AUTO_COMPILE_NUMEL` elements, where the cold build (15-33 s on 2 cores) pays for itself
+  within 1,000 steps (measured on RVC's generator set: ``benchmarks/results/step_time_cpu_compiled.md``).
+  A small model (the demo's) stays eager, where a build would not pay.
 
 A compiled update that fails to build falls back to the eager function with one warning.
 
@@ -94,8 +94,19 @@ def compile_available(device_type: str) -> bool:
     return False
 
 
-def resolve_compiled(compiled: bool | None, device_type: str = "cpu") -> bool:
-    """The effective choice for ``compiled`` on ``device_type``."""
+# ``auto`` compiles on a CPU where an update's tensors hold at least this many elements: there the cold
+# build pays for itself within 1,000 steps for every elementwise update (measured on RVC's generator
+# set, 36.5M elements: builds of 15-33 s against savings of 19-146 ms a step; the least saving per
+# element, ScheduleFreeSGD's, needs 28M elements to repay its 14.5 s build in 1,000 steps).
+CPU_AUTO_COMPILE_NUMEL = 1 << 25
+
+
+def resolve_compiled(compiled: bool | None, device_type: str = "cpu", numel: int | None = None) -> bool:
+    """The effective choice for ``compiled`` on ``device_type``, for an update over ``numel`` elements.
+
+    ``auto`` compiles on CUDA, and on a CPU for updates of at least :data:`CPU_AUTO_COMPILE_NUMEL`
+    elements (``numel`` None: not known to be that large, so not compiled).
+    """
     if compiled is not None:
         if compiled and not compile_available(device_type):
             warnings.warn(f"compiled=True but torch.compile is not available for {device_type}; using foreach")
@@ -108,6 +119,8 @@ def resolve_compiled(compiled: bool | None, device_type: str = "cpu") -> bool:
         return compile_available(device_type)
     if mode != "auto":
         raise ValueError(f"{ENV_VAR} must be 0, 1 or auto, got {mode!r}")
+    if device_type == "cpu":
+        return numel is not None and numel >= CPU_AUTO_COMPILE_NUMEL and compile_available("cpu")
     return device_type == "cuda" and compile_available(device_type)
 
 
@@ -268,7 +281,7 @@ class UpdateFunction:
             if not any(tensor_lists):
                 return None
             return self._with_empty_lists(tensor_lists, device_type, scalars)
-        if not self._failed and resolve_compiled(self.compiled, device_type):
+        if not self._failed and resolve_compiled(self.compiled, device_type, self._auto_numel(tensor_lists, device_type)):
             try:
                 return self._run_compiled(tensor_lists, scalars)
             except Exception as err:  # a backend that cannot build this graph here
@@ -279,6 +292,13 @@ class UpdateFunction:
         if device_type == "cpu" and self.elementwise:
             return self._run_blocked(tensor_lists, scalars)
         return self.fn(*tensor_lists, **scalars)
+
+    def _auto_numel(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> int | None:
+        """The element count ``auto`` decides by on a CPU: elementwise updates only (their build is one
+        graph; a whole-tensor update builds one per rank, and may need dynamo's whole-list graph)."""
+        if self.compiled is not None or device_type != "cpu" or not self.elementwise:
+            return None
+        return sum(map(Tensor.numel, tensor_lists[0]))
 
     def _with_empty_lists(self, tensor_lists: Sequence[list[Tensor]], device_type: str, scalars: dict[str, Any]) -> Any:
         """Run with the empty lists (an optional state, such as a switched-off compensation buffer) taken

@@ -156,7 +156,8 @@ class LARS(Optimizer):
             if group["trust_clip"]:
                 rates = torch.clamp(rates / lr, max=1.0)
         fixed = dict(lr=lr, weight_decay=wd, momentum=momentum, nesterov=group["nesterov"], device_type=device.type)
-        per_tensor = device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu")
+        per_tensor = device.type == "cpu" and not resolve_compiled(
+            self._update.compiled, "cpu", sum(p.numel() for p in params))
         if rates is not None and not per_tensor:
             # whole lists: the local rate goes into the directions, d = rate * (g + wd * p)
             grads = torch._foreach_add(grads, params, alpha=wd) if wd != 0.0 else list(grads)

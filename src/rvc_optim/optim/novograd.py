@@ -146,7 +146,8 @@ class NovoGrad(Optimizer):
                 scales = 1.0 / (v_hat.sqrt() + group["eps"])
                 fixed = dict(lr=scalar(group["lr"], device, dtype), beta1=beta1, weight_decay=group["weight_decay"],
                              averaging=1.0 - beta1 if group["grad_averaging"] else 1.0, device_type=device.type)
-                if device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu"):
+                if device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu",
+                                                                 sum(x.numel() for x in p)):
                     # one blocked update per tensor, its scale a Python float (free to read on a CPU)
                     for x, grad, exp_avg, one in zip(p, g, m, scales.tolist()):
                         self._update([x], [grad], [exp_avg], scale=one, **fixed)
