@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rvc_optim.catalog import RECORDS
+from rvc_optim.optim._compile import clear_graphs, compile_available
 from rvc_optim.records import memory_floor
 from rvc_optim.registry import create_optimizer, optimizer_info
 
@@ -165,6 +166,38 @@ def test_result_file_and_readme_table_round_trip(tmp_path):
     assert f"{results[0].ms:.1f}" in lion and "not run" in lion
     for r in results[1:]:
         assert f"{r.label}: {r.ms:.1f}" in lion
+
+
+def test_a_default_row_that_compiled_shows_its_builds_in_the_compiled_columns(tmp_path):
+    rows, notes = benchmark.plan_rows(["Lion"], compiled=False, published=False)
+    (eager,) = _tiny_run(rows)
+    assert eager.graphs == 0  # RVC_OPTIM_COMPILE=0 in the suite: the default ran eager
+    compiled = benchmark.RowResult(**{**vars(eager), "graphs": 1, "first_step_s": 12.3, "warm_build_s": 4.4})
+    header = benchmark.make_header(rows, ["tiny"], 1, 2, 1, command="python benchmarks/step_time.py --set tiny")
+    for result, expected in ((eager, "| not run |  |  |"), (compiled, "| = default |  | 12 / 4 |")):
+        path = benchmark.write_results(tmp_path / "run", header, [result], notes)
+        (line,) = [line for line in benchmark.readme_table(path).splitlines() if line.startswith("| Lion |")]
+        assert expected in line, line
+
+
+@pytest.mark.skipif(not compile_available("cpu"), reason="no C++ compiler for torch.compile on this machine")
+def test_graphs_counts_the_chunk_graphs_a_compiled_first_step_builds():
+    clear_graphs()  # a graph another test built would be reused, not built
+    rows = [benchmark.Row("Lion", "compiled")]
+    (result,) = benchmark.run(rows, ["tiny"], repeats=1, warmup=0, threads=1, echo=lambda *a, **k: None,
+                              builders={("Lion", "compiled"): lambda params: create_optimizer("Lion", params, compiled=True)})
+    assert result.status == "ok" and result.graphs >= 1
+
+
+def test_a_default_row_runs_in_a_child_only_where_auto_compiles_it(monkeypatch):
+    monkeypatch.setenv("RVC_OPTIM_COMPILE", "auto")
+    large = 1 << 30
+    assert benchmark.Row("Lion", "default").compiles(large) is compile_available("cpu")
+    assert not benchmark.Row("Lion", "default").compiles(1000)  # below the CPU threshold
+    for whole_tensor_only in ("AdaFactor", "SM3", "Apollo"):  # auto leaves whole-tensor updates eager on a CPU
+        assert not benchmark.Row(whole_tensor_only, "default").compiles(large), whole_tensor_only
+    monkeypatch.setenv("RVC_OPTIM_COMPILE", "0")
+    assert not benchmark.Row("Lion", "default").compiles(large)
 
 
 def json_roundtrip(obj):

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import math
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,13 +153,13 @@ PUBLISHED: dict[str, list[Published]] = {
     "AdaBelief": [
         Published("adabelief-pytorch", "adabelief_pytorch", "AdaBelief", {"print_change_log": False}),
         Published("pytorch_optimizer", "pytorch_optimizer", "AdaBelief", {"rectify": True}),
-        Published("timm", "timm.optim", "AdaBelief"),
+        Published("timm", "timm.optim.adabelief", "AdaBelief"),
     ],
     "AdaBeliefV2": [
         Published("adabelief-pytorch", "adabelief_pytorch", "AdaBelief",
                   {"print_change_log": False, "amsgrad": True, "rectify": False}),
         Published("pytorch_optimizer", "pytorch_optimizer", "AdaBelief", {"ams_bound": True, "rectify": False}),
-        Published("timm", "timm.optim", "AdaBelief", {"amsgrad": True, "rectify": False}),
+        Published("timm", "timm.optim.adabelief", "AdaBelief", {"amsgrad": True, "rectify": False}),
     ],
     "PAdam": [
         Published("pytorch_optimizer", "pytorch_optimizer", "PAdam",
@@ -174,22 +177,21 @@ PUBLISHED: dict[str, list[Published]] = {
         Published("pytorch_optimizer", "pytorch_optimizer", "Yogi", {"weight_decouple": False}),
     ],
     # --- layer-wise / normalized family (issue 14): LAMB, LARS, NovoGrad, Fromage, Nero ---
-    # timm's rows import timm.optim, whose package __init__ needs torchvision: where that is missing they
-    # are reported "not timed" (tests/optim/test_lamb_parity.py loads the modules alone).
+    # timm's rows load its optimizer modules alone (import_published): its package needs torchvision.
     "LAMB": [
-        Published("timm", "timm.optim", "Lamb", {"foreach": True}),
+        Published("timm", "timm.optim.lamb", "Lamb", {"foreach": True}),
         Published("pytorch_optimizer", "pytorch_optimizer", "Lamb", {"weight_decouple": False},
                   note="its own variant: step divided by 1 - beta1^t only, ||p|| clamped at 10"),
         Published("torch-optimizer", "torch_optimizer", "Lamb", note="its own variant: no bias correction"),
     ],
     "LARS": [
-        Published("timm", "timm.optim", "Lars", {"foreach": True}),
+        Published("timm", "timm.optim.lars", "Lars", {"foreach": True}),
         Published("torch-optimizer", "torch_optimizer", "LARS", {"trust_coefficient": 1e-3}),
         Published("pytorch_optimizer", "pytorch_optimizer", "LARS", {"trust_coefficient": 1e-3},
                   note="its own variant: vectors unscaled, no eps"),
     ],
     "NovoGrad": [
-        Published("timm", "timm.optim", "NvNovoGrad"),
+        Published("timm", "timm.optim.nvnovograd", "NvNovoGrad"),
         Published("torch-optimizer", "torch_optimizer", "NovoGrad"),
         Published("pytorch_optimizer", "pytorch_optimizer", "NovoGrad"),
     ],
@@ -205,7 +207,7 @@ PUBLISHED: dict[str, list[Published]] = {
     # Adafactor has no first moment and a relative step: a speed peer on a lighter configuration.
     "AdaFactor": [
         Published("transformers", "transformers.optimization", "Adafactor"),
-        Published("timm", "timm.optim", "Adafactor", {"betas": (0.8, 0.999), "min_dim_size_to_factor": 0}),
+        Published("timm", "timm.optim.adafactor", "Adafactor", {"betas": (0.8, 0.999), "min_dim_size_to_factor": 0}),
         Published("torch", "torch.optim", "Adafactor", {"foreach": True}),
     ],
     "CAME": [
@@ -465,8 +467,21 @@ class Row:
         if self.kind == "default":
             from rvc_optim.optim._compile import resolve_compiled
 
-            return optimizer_info(self.algorithm).capabilities.compiled and resolve_compiled(None, "cpu", numel)
+            return resolve_compiled(None, "cpu", numel) and _has_auto_compiled_update(self.algorithm)
         return self.published.compiles
+
+
+@functools.lru_cache(maxsize=None)
+def _has_auto_compiled_update(algorithm: str) -> bool:
+    """Whether ``create_optimizer(algorithm, ...)`` holds an update that ``RVC_OPTIM_COMPILE=auto``
+    compiles on a large CPU set (an elementwise one; whole-tensor updates stay eager there)."""
+    from rvc_optim.optim._compile import UpdateFunction
+
+    if not optimizer_info(algorithm).capabilities.compiled:
+        return False
+    extra = {"num_iterations": RUN_LENGTH} if optimizer_info(algorithm).protocol.run_length is not None else {}
+    optimizer = _quiet(create_optimizer, algorithm, [torch.nn.Parameter(torch.zeros(2, 2))], **extra)
+    return any(isinstance(v, UpdateFunction) and v.elementwise and v.compiled is None for v in vars(optimizer).values())
 
 
 def _quiet(fn, *args, **kwargs):
@@ -481,9 +496,27 @@ def _train_mode(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
+def import_published(module: str) -> types.ModuleType:
+    """A published implementation's module. ``timm.optim.*`` modules are loaded alone: timm's package
+    ``__init__`` imports torchvision (not installable beside torch's CPU build from the package index),
+    while its optimizer modules need only torch, so empty ``timm`` and ``timm.optim`` packages pointing at
+    the installed folders stand in for the real ones."""
+    if module.startswith("timm.optim.") and "timm.optim" not in sys.modules:
+        spec = importlib.util.find_spec("timm")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("No module named 'timm'")
+        root = spec.submodule_search_locations[0]
+        for name, path in (("timm", root), ("timm.optim", f"{root}/optim")):
+            if name not in sys.modules:
+                package = types.ModuleType(name)
+                package.__path__ = [path]
+                sys.modules[name] = package
+    return importlib.import_module(module)
+
+
 def published_kwargs(algorithm: str, published: Published) -> dict[str, Any]:
     """The record's recommended settings that the published class names, then the row's own kwargs."""
-    cls = getattr(importlib.import_module(published.module), published.cls)
+    cls = getattr(import_published(published.module), published.cls)
     accepted = {n for n, p in inspect.signature(cls.__init__).parameters.items()
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     kwargs = {k: v for k, v in optimizer_info(algorithm).recommended.items() if k in accepted}
@@ -501,7 +534,7 @@ def builder_for(row: Row) -> Builder:
             return _train_mode(_quiet(create_optimizer, row.algorithm, params, **extra))
     else:
         pub = row.published
-        cls = getattr(importlib.import_module(pub.module), pub.cls)
+        cls = getattr(import_published(pub.module), pub.cls)
         kwargs = published_kwargs(row.algorithm, pub)
 
         def build(params):
@@ -530,7 +563,7 @@ def plan_rows(names: list[str], compiled: bool = True, published: bool = True) -
                 notes.append(f"{name}: {pub.label} left out (its default path compiles; --no-compiled)")
                 continue
             try:
-                importlib.import_module(pub.module)
+                import_published(pub.module)
             except ImportError as err:
                 notes.append(f"{name}: {pub.label} not timed ({err})")
                 continue
@@ -553,6 +586,7 @@ class RowResult:
     ratio: float = math.nan
     first_step_s: float = math.nan  # cold build for compiling rows
     warm_build_s: float = math.nan
+    graphs: int = 0  # graphs compiled by the row's first step (ours and dynamo's); 0: it ran eager
     # matrix optimizers (MATMUL_FLOPS): whole refresh periods timed
     amortised_ms: float = math.nan  # mean step over whole periods, the refresh included
     refresh_ms: float = math.nan  # the slowest step of each period (the refresh), median over periods
@@ -565,6 +599,15 @@ def _attach(params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None
     # Some libraries (heavyball) clear .grad in step(); every step gets the same gradients back.
     for p, g in zip(params, grads):
         p.grad = g
+
+
+def _graphs_compiled() -> int:
+    """Graphs compiled so far in this process: our chunk graphs and dynamo's (``torch.compile``)."""
+    from torch._dynamo.utils import counters
+
+    from rvc_optim.optim._compile import graphs_built
+
+    return sum(graphs_built().values()) + counters["stats"]["unique_graphs"]
 
 
 def _timed_step(optimizer: torch.optim.Optimizer, params, grads) -> float:
@@ -600,7 +643,9 @@ def time_row(row: Row, params: list[torch.nn.Parameter], set_name: str, repeats:
     local, grads = _copy(params)
     try:
         optimizer = (build or builder_for(row))(local)
+        graphs_before = _graphs_compiled()
         result.first_step_s = _timed_step(optimizer, local, grads)  # creates state; builds where compiled
+        result.graphs = _graphs_compiled() - graphs_before
         for _ in range(warmup):
             _timed_step(optimizer, local, grads)
         before = [p.detach().clone() for p in local]
@@ -842,13 +887,17 @@ def readme_table(result_file: str | Path) -> str:
             rows = [r for r in results if r.set_name == set_name and r.algorithm == name]
             default = next((r for r in rows if r.kind == "default"), None)
             compiled = next((r for r in rows if r.kind == "compiled"), None)
+            default_compiles = compiled is None and default is not None and default.graphs > 0
+            built = compiled if compiled is not None else default if default_compiles else None
             build = ""
-            if compiled is not None and math.isfinite(compiled.first_step_s):
-                build = f"{compiled.first_step_s:.0f} / {_fmt(compiled.warm_build_s, '.0f') or '-'}"
+            if built is not None and math.isfinite(built.first_step_s):
+                build = f"{built.first_step_s:.0f} / {_fmt(built.warm_build_s, '.0f') or '-'}"
+            compiled_cells = (' | '.join(_cell(compiled)) if compiled else
+                              "= default | " if default_compiles else "not run | ")
             published = "; ".join(f"{r.label}: {_cell(r)[0]}" + (f" ({_cell(r)[1]})" if r.status == "ok" else "")
                                   for r in rows if r.kind == "published")
             lines.append(f"| {name} | {set_name} | {' | '.join(_cell(default))} | "
-                         f"{' | '.join(_cell(compiled)) if compiled else 'not run | '} | {build} | {published} |")
+                         f"{compiled_cells} | {build} | {published} |")
     return "\n".join(lines)
 
 

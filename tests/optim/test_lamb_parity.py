@@ -1,8 +1,8 @@
 """LAMB against ``timm.optim.Lamb`` (timm 1.0.31, apex's FusedLAMB semantics; the authors released no
 PyTorch code), and the trust ratio's zero-norm cases against the paper's rule.
 
-timm imports torchvision from its package ``__init__``; :func:`load_timm_optim` loads its optimizer
-modules alone. Measured over 200 float64 steps (all cases): parameters within 1e-15 absolute (1.1e-12
+timm imports torchvision from its package ``__init__``; :func:`rvc_optim.benchmark.import_published`
+loads its optimizer modules alone. Measured over 200 float64 steps (all cases): parameters within 1e-15 absolute (1.1e-12
 relative, on elements near zero), state within 3.6e-12 relative. The differences are rounding: ours
 folds the clip factor and the bias corrections into coefficients (as timm's foreach path folds the
 latter). rtol 1e-9 holds with margin.
@@ -10,34 +10,15 @@ latter). rtol 1e-9 holds with margin.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
+from rvc_optim.benchmark import import_published
 from rvc_optim.optim.lamb import LAMB
 from tests.optim.parity import run_parity
 
 
-def load_timm_optim(module: str):
-    """``timm.optim.<module>`` without running ``timm/__init__`` (which needs torchvision): empty
-    ``timm`` and ``timm.optim`` packages pointing at the installed folders, then the module itself."""
-    if "timm" not in sys.modules or not hasattr(sys.modules["timm"], "__path__"):
-        spec = importlib.util.find_spec("timm")
-        assert spec is not None, "timm is a test dependency (scripts/test.sh installs it)"
-        root = spec.submodule_search_locations[0]
-        for name, path in (("timm", root), ("timm.optim", f"{root}/optim")):
-            if name not in sys.modules:
-                package = types.ModuleType(name)
-                package.__path__ = [path]
-                sys.modules[name] = package
-    return importlib.import_module(f"timm.optim.{module}")
-
-
-TimmLamb = load_timm_optim("lamb").Lamb
+TimmLamb = import_published("timm.optim.lamb").Lamb
 
 STATE_KEYS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
 BETAS = (0.85, 0.995)  # not the defaults, so a swapped beta would show

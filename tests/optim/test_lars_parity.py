@@ -11,11 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rvc_optim.benchmark import import_published
 from rvc_optim.optim.lars import LARS
 from tests.optim.parity import run_parity
-from tests.optim.test_lamb_parity import load_timm_optim, run_whole_lists_with_tensor_scalars
+from tests.optim.test_lamb_parity import run_whole_lists_with_tensor_scalars
 
-TimmLars = load_timm_optim("lars").Lars
+TimmLars = import_published("timm.optim.lars").Lars
 
 STATE_KEYS = {"momentum_buffer": "momentum_buffer"}
 GROUPS = [{"lr": 0.5, "weight_decay": 0.01}, {"lr": 0.2, "weight_decay": 0.0}]

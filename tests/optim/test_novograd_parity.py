@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch_optimizer
 
+from rvc_optim.benchmark import import_published
 from rvc_optim.optim.novograd import NovoGrad
 from tests.optim.parity import run_parity
-from tests.optim.test_lamb_parity import load_timm_optim, run_whole_lists_with_tensor_scalars
+from tests.optim.test_lamb_parity import run_whole_lists_with_tensor_scalars
 
-NvNovoGrad = load_timm_optim("nvnovograd").NvNovoGrad
+NvNovoGrad = import_published("timm.optim.nvnovograd").NvNovoGrad
 
 STATE_KEYS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "max_exp_avg_sq": "max_exp_avg_sq"}
 GROUPS = [{"lr": 2e-3, "weight_decay": 1e-3}, {"lr": 5e-3, "weight_decay": 0.0}]

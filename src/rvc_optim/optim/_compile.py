@@ -365,7 +365,7 @@ def _compiled(fn: Callable[..., Any], dynamic: bool) -> Callable[..., Any]:
 
 # Graphs built per function beyond this many (a Python float that changes every step would build one per
 # step) make the update fall back to eager, as dynamo's recompile limit does.
-GRAPH_LIMIT = 8
+GRAPH_LIMIT = 16
 # The traced example sizes: large, since inductor decides from them whether a loop is worth running in
 # parallel.
 _EXAMPLE_NUMEL = 1 << 16
@@ -461,8 +461,9 @@ def chunk_graph(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], scalars: 
     graph = _GRAPHS.get(key)
     if graph is None:
         if _GRAPH_COUNTS.get(fn, 0) >= GRAPH_LIMIT:
-            raise RuntimeError(f"{fn.__name__} has built {GRAPH_LIMIT} graphs; a Python-number scalar changes from "
-                               "call to call (pass per-step values as 0-d tensors)")
+            raise RuntimeError(f"{fn.__name__} has built {GRAPH_LIMIT} graphs (one per dtype, rank and set of "
+                               "Python-number scalars): a Python-number scalar changes from call to call (pass "
+                               "per-step values as 0-d tensors), or param groups differ in too many settings")
         graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants, rank, min_numel)
         _GRAPH_COUNTS[fn] = _GRAPH_COUNTS.get(fn, 0) + 1
     return graph
