@@ -27,7 +27,7 @@ The choice between eager and compiled:
 * the optimizer's ``compiled`` argument: ``True``, ``False`` or ``None`` (automatic);
 * for ``None``, the environment variable ``RVC_OPTIM_COMPILE``: ``1`` (compile wherever a compiler is
   available: CUDA with Triton, or a CPU with a C++ compiler on the path), ``0`` (eager) or ``auto`` (the
-  default): compile on CUDA, and on a CPU for an elementwise update of at least
+  default): compile on CUDA, and on a CPU for an elementwise (or ``flat``) update of at least
   :data:`CPU_AUTO_COMPILE_NUMEL` elements, where the cold build (15-33 s on 2 cores) pays for itself
   within 1,000 steps (measured on RVC's generator set: ``benchmarks/results/step_time_cpu_compiled.md``).
   A small model (the demo's) stays eager, where a build would not pay.
@@ -39,7 +39,8 @@ result for element ``j`` of tensor ``i`` depends only on element ``j`` of tensor
 every list has the same shapes. Global reductions are allowed as return values: a function that returns
 a tuple of 0-d tensors returns sums over all elements, and the runner adds them over blocks. A function
 that needs whole tensors (a per-tensor norm) passes ``elementwise=False`` and always runs over whole
-lists. Per-step scalars are passed as 0-d tensors (a Python float for a hyper-parameter that is a
+lists; if it never reads their shapes (a norm, not a row mean), ``flat=True`` too, and the compiled path
+runs it on the same flat-view chunks as an elementwise one (one graph). Per-step scalars are passed as 0-d tensors (a Python float for a hyper-parameter that is a
 constant of the run); ``fn`` must accept a Python float in their place (see :func:`add_scaled_`).
 """
 
@@ -267,10 +268,11 @@ class UpdateFunction:
     """
 
     def __init__(self, fn: Callable[..., Any], compiled: bool | None = None, *, elementwise: bool = True,
-                 min_numel: int = 2) -> None:
+                 flat: bool = False, min_numel: int = 2) -> None:
         self.fn = fn
         self.compiled = compiled
         self.elementwise = elementwise
+        self.flat = flat or elementwise  # whole tensors whose shapes fn never reads (norms): flat views serve
         self.min_numel = max(2, min_numel)
         self._whole_by_chunks = True
         self._failed = False
@@ -294,9 +296,9 @@ class UpdateFunction:
         return self.fn(*tensor_lists, **scalars)
 
     def _auto_numel(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> int | None:
-        """The element count ``auto`` decides by on a CPU: elementwise updates only (their build is one
+        """The element count ``auto`` decides by on a CPU: updates on flat views only (their build is one
         graph; a whole-tensor update builds one per rank, and may need dynamo's whole-list graph)."""
-        if self.compiled is not None or device_type != "cpu" or not self.elementwise:
+        if self.compiled is not None or device_type != "cpu" or not self.flat:
             return None
         return sum(map(Tensor.numel, tensor_lists[0]))
 
@@ -304,10 +306,10 @@ class UpdateFunction:
         """Run with the empty lists (an optional state, such as a switched-off compensation buffer) taken
         out, and put back as empty lists in every call of ``fn``."""
         present = tuple(i for i, lst in enumerate(tensor_lists) if lst)
-        key = (self.fn, self.compiled, self.elementwise, self.min_numel, len(tensor_lists), present)
+        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, len(tensor_lists), present)
         if key not in _WITHOUT_EMPTY:
             _WITHOUT_EMPTY[key] = UpdateFunction(_without_empty(self.fn, len(tensor_lists), present), self.compiled,
-                                                 elementwise=self.elementwise, min_numel=self.min_numel)
+                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel)
         return _WITHOUT_EMPTY[key](*(tensor_lists[i] for i in present), device_type=device_type, **scalars)
 
     def _run_blocked(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
@@ -321,20 +323,19 @@ class UpdateFunction:
         return total
 
     def _run_compiled(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
-        if not self.elementwise and self._whole_by_chunks:
+        if not self.flat and self._whole_by_chunks:
             try:
                 return self._run_chunks(tensor_lists, scalars)
             except Exception:  # noqa: BLE001 - sizes branched on, or inductor's own failure: dynamo's whole-list graph
                 self._whole_by_chunks = False
-        if not self.elementwise:
+        if not self.flat:
             return _compiled(self.fn, dynamic=False)(*tensor_lists, **scalars)
         return self._run_chunks(tensor_lists, scalars)
 
     def _run_chunks(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
         if len({len(lst) for lst in tensor_lists}) > 1:  # state for some tensors only
             raise SizeDependentError(f"{self.fn.__name__} takes lists of different lengths")
-        chunks, rest = _compile_chunks(tensor_lists, self._flat_views, whole=not self.elementwise,
-                                       min_numel=self.min_numel)
+        chunks, rest = _compile_chunks(tensor_lists, self._flat_views, whole=not self.flat, min_numel=self.min_numel)
         graphs = [chunk_graph(self.fn, chunk, scalars, rank, self.min_numel) for rank, chunk in chunks]
         total: Results = None  # every graph built before any runs: a refused one leaves nothing half done
         for graph, (_, chunk) in zip(graphs, chunks):
@@ -371,6 +372,66 @@ GRAPH_LIMIT = 16
 _EXAMPLE_NUMEL = 1 << 16
 
 
+# The multi-tensor ops the updates use, traced as one op per tensor (see _per_tensor_decompositions).
+_FOREACH_OPS = ("abs", "add", "addcdiv", "addcmul", "clamp_max", "clamp_min", "copy", "div", "exp", "lerp", "log",
+                "maximum", "minimum", "mul", "neg", "norm", "pow", "rsqrt", "sign", "sqrt", "sub", "zero")
+
+
+def _per_tensor(name: str, inplace: bool, overload: str) -> Callable[..., Any]:
+    op = getattr(torch.ops.aten, name)
+
+    def decomposed(*args: Any, **kwargs: Any) -> Any:
+        n = len(next(a for a in args if isinstance(a, (list, tuple))))
+
+        def pick(value: Any, i: int) -> Any:
+            if isinstance(value, (list, tuple)):
+                return value[i]
+            if overload == "Tensor" and name in ("addcdiv", "addcmul") and isinstance(value, Tensor) and value.dim() == 1:
+                return value[i]  # a 1-d tensor of per-tensor scalars
+            return value
+
+        outs = []
+        for i in range(n):
+            a = [pick(v, i) for v in args]
+            k = {key: pick(v, i) for key, v in kwargs.items()}
+            if name == "norm":  # _foreach_norm(tensors, ord=2, dtype=None)
+                ord_ = a[1] if len(a) > 1 else k.get("ord", 2)
+                dtype = a[2] if len(a) > 2 else k.get("dtype")
+                outs.append(torch.ops.aten.linalg_vector_norm(a[0], ord_, dtype=dtype))
+            elif name == "lerp" and isinstance(a[2], torch.SymFloat):
+                # a 0-d weight read in the trace: inductor's lerp with a scalar weight branches on its value
+                weight = torch.ops.aten.scalar_tensor(a[2], dtype=a[0].dtype, device=a[0].device)
+                outs.append(torch.ops.aten.lerp.Tensor(a[0], a[1], weight))
+            elif name in ("addcdiv", "addcmul") and len(a) == 4:  # value: positional here, keyword-only there
+                outs.append(op(*a[:3], value=a[3], **k))
+            else:
+                outs.append(op(*a, **k))
+        if inplace:
+            for target, out in zip(args[0], outs):
+                target.copy_(out)
+            return None
+        return outs
+
+    return decomposed
+
+
+@functools.cache
+def _per_tensor_decompositions() -> dict[Any, Callable[..., Any]]:
+    """``aten._foreach_*`` as one op per tensor, for the chunk graphs' trace. Inductor lowers a foreach op
+    to one combined kernel across the tensors, which it cannot fuse with a reduction over one of them, so
+    an update with sums (D-Adapt's, Prodigy's) read each tensor once per op group; traced per tensor, each
+    tensor's reads, sums and writes can share one loop."""
+    table: dict[Any, Callable[..., Any]] = {}
+    for name in _FOREACH_OPS:
+        for inplace in (False, True):
+            packet = getattr(torch.ops.aten, f"_foreach_{name}{'_' if inplace else ''}", None)
+            if packet is None:
+                continue
+            for overload in packet.overloads():
+                table[getattr(packet, overload)] = _per_tensor(name, inplace, overload)
+    return table
+
+
 class ChunkGraph:
     """``fn`` compiled once for chunks of :data:`CHUNK_TENSORS` tensors per list, of any sizes.
 
@@ -397,7 +458,13 @@ class ChunkGraph:
             for t in args[:k]:  # what the caller guarantees, so that fn's trace need not branch on it
                 torch._check(t.numel() >= min_numel)
             lists = [list(args[i * k:(i + 1) * k]) for i in range(n_lists)]
-            out = fn(*lists, **dict(zip(self.tensor_names, args[n_lists * k:])), **constants)
+            named = dict(zip(self.tensor_names, args[n_lists * k:]))
+            # fn on one tensor of each list at a time, its results summed as chunks' are: each tensor's
+            # ops stay next to each other in the graph, where inductor fuses them into one loop (it does
+            # not fuse nodes more than 64 apart, which a whole-list trace puts them with a few ops).
+            out: Results = None
+            for j in range(k):
+                out = _add_results(out, fn(*([lst[j]] for lst in lists), **named, **constants))
             self.returns = None if out is None else "tensor" if isinstance(out, Tensor) else "tuple"
             return (out,) if isinstance(out, Tensor) else tuple(out or ())
 
@@ -407,7 +474,7 @@ class ChunkGraph:
         shapes = [(_EXAMPLE_NUMEL + j,) if rank is None else tuple(3 + j + 16 * d for d in range(rank)) for j in range(k)]
         examples = [torch.zeros(shape, dtype=dtype, device=device) for dtype in dtypes for shape in shapes]
         examples += [torch.zeros((), dtype=dtype, device=dev) for dtype, dev in tensor_scalars.values()]
-        graph = make_fx(flat_fn, tracing_mode="symbolic")(*examples)
+        graph = make_fx(flat_fn, tracing_mode="symbolic", decomposition_table=_per_tensor_decompositions())(*examples)
         fakes = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
         shape_env = fakes[0].fake_mode.shape_env
         # what flat_fn's torch._check states, and the caller guarantees

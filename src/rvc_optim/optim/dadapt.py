@@ -217,29 +217,39 @@ def dadapt_sgd_statistics(
     grads: list[Tensor],
     s: list[Tensor],
     *,
-    dlr: Tensor,
     weight_decay: float,
-) -> tuple[Tensor, Tensor]:
-    """DAdaptSGD's first pass. Returns this chunk's ``sum <g, s>`` (``s`` before this step; the
-    caller weights it by ``dlr``), updates ``s += dlr * g`` and returns ``sum s**2`` after it."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """DAdaptSGD's first pass, which only reads: this chunk's ``<g, s>``, ``sum s**2``, ``sum g**2``
+    (``g`` with the coupled decay, ``s`` before this step) and ``sum g_raw**2`` (the gradient alone,
+    for ``g0``). The caller expands ``sum (s + dlr g)**2`` from them, so the step size ``dlr``, which
+    needs ``g0``, is known before ``s`` moves: the gradients are read in two passes, not three."""
+    raw_sq = foreach_square_sum(grads)
     if weight_decay != 0.0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    numerator = foreach_dot(grads, s)
-    add_scaled_(s, grads, dlr)
-    return numerator, foreach_square_sum(s)
+        grad_sq = foreach_square_sum(grads)
+    else:
+        grad_sq = raw_sq
+    return foreach_dot(grads, s), foreach_square_sum(s), grad_sq, raw_sq
 
 
 def dadapt_sgd_apply(
     params: list[Tensor],
+    grads: list[Tensor],
     s: list[Tensor],
     x0: list[Tensor],
     *,
+    dlr: Tensor,
+    weight_decay: float,
     keep: Tensor,
     weight: Tensor,
     average: bool,
 ) -> None:
-    """DAdaptSGD's second pass (dual averaging): ``z = x0 - s``, then ``p <- z`` or, with momentum,
-    ``p <- keep * p + weight * z`` as in :func:`dadapt_adagrad_apply`."""
+    """DAdaptSGD's second pass (dual averaging): ``s <- s + dlr * (g + wd * p)`` (``p`` before this
+    step), ``z = x0 - s``, then ``p <- z`` or, with momentum, ``p <- keep * p + weight * z`` as in
+    :func:`dadapt_adagrad_apply`."""
+    if weight_decay != 0.0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    add_scaled_(s, grads, dlr)
     z = torch._foreach_sub(x0, s)
     _average_into(params, z, keep, weight, average)
 
@@ -314,7 +324,7 @@ class _DAdaptBase(Optimizer):
         # statistics: this step's size (d * lr times `scale`), then every chunk's share of the sums
         scale = self._step_scale(chunks, d, k, running)
         totals = [sum(values) for values in zip(*(self._statistics(chunk, scale) for chunk in chunks))]
-        numerator, denominator = self._estimate(totals, running)
+        numerator, denominator, scale = self._estimate(totals, running, scale, k)
         if first.get("fsdp_in_use", False):
             numerator, denominator = self._all_reduce(numerator, denominator)
 
@@ -350,8 +360,10 @@ class _DAdaptBase(Optimizer):
         """The chunk's first pass; returns its weighted shares of the global sums, on home."""
         raise NotImplementedError
 
-    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """The summed statistics into the running values; returns d_hat's numerator and denominator."""
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor], scale: Tensor,
+                  k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The summed statistics into the running values; returns d_hat's numerator and denominator, and
+        the step scale the update uses (``scale``, unless the statistics decide it)."""
         raise NotImplementedError
 
     def _d_hat(self, numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -528,11 +540,12 @@ class DAdaptAdam(_DAdaptBase):
         )
         return r * dlr * numerator.to(dlr), r * s_l1.to(dlr)
 
-    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor], scale: Tensor,
+                  k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         numerator, s_l1 = totals
         sqrt_beta2 = self.param_groups[0]["betas"][1] ** 0.5
         running["numerator_weighted"] = sqrt_beta2 * running["numerator_weighted"] + (1 - sqrt_beta2) * numerator
-        return running["numerator_weighted"], s_l1
+        return running["numerator_weighted"], s_l1, scale
 
     def _d_hat(self, numerator: Tensor, denominator: Tensor) -> Tensor:
         sqrt_beta2 = self.param_groups[0]["betas"][1] ** 0.5
@@ -639,10 +652,11 @@ class DAdaptAdaGrad(_DAdaptBase):
         )
         return dlr * dlr * grad_sq.to(dlr), s_sq_change.to(dlr), s_l1_change.to(dlr)
 
-    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor], scale: Tensor,
+                  k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         for key, change in zip(self._running_keys, totals):
             running[key] = running[key] + change
-        return running["sksq_weighted"] - running["gsq_weighted"], running["skl1"]
+        return running["sksq_weighted"] - running["gsq_weighted"], running["skl1"], scale
 
     def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
         group = chunk.group
@@ -693,7 +707,10 @@ class DAdaptSGD(_DAdaptBase):
     ``weight_decay`` and ``momentum`` are honoured (the reference applies the first group's to all
     groups; with one value everywhere the two agree); momentum must be in [0, 1); the reference's
     state ``z`` is not kept (it is ``x0 - s``, recomputed in the update: one copy of the parameters
-    less), so a state_dict from this class restarts the reference's state if loaded there; a first
+    less), so a state_dict from this class restarts the reference's state if loaded there;
+    ``||s||^2`` after the step is expanded from sums over ``s`` before it (``||s||^2 + 2 dlr <g, s> +
+    dlr^2 ||g||^2``: ``s`` moves in the second pass, so the gradients are read twice, not three times;
+    equal to the reference's sum up to rounding); a first
     step whose gradients are all zero (``g0 = 0``, a ZeroDivisionError in the reference) changes
     nothing, and ``g0`` is measured again at the next step.
     """
@@ -728,36 +745,38 @@ class DAdaptSGD(_DAdaptBase):
         state_tensor(state, "s", p)
         state_tensor(state, "x0", p, lambda t: t.detach().clone(memory_format=torch.preserve_format))
 
-    def _step_scale(self, chunks: list[_Chunk], d: Tensor, k: Tensor, running: dict[str, Tensor]) -> Tensor:
-        # g0 is fixed at the first step that moves (k == 0). k lives on the device, so ||g||^2 is
-        # taken every step (one read of the gradients) and selected with torch.where: no host sync.
-        grad_sq = sum(foreach_square_sum(chunk.lists[1]).to(d) for chunk in chunks)
-        if self.param_groups[0]["fsdp_in_use"]:
-            (grad_sq,) = self._all_reduce(grad_sq)
-        g0 = torch.where(k == 0, torch.sqrt(grad_sq), running["g0_norm"])
-        running["g0_norm"] = g0
-        return torch.where(g0 > 0, d / g0, torch.zeros_like(d))
-
-    def _statistics(self, chunk: _Chunk, scale: Tensor) -> tuple[Tensor, Tensor]:
-        group = chunk.group
-        dlr = scale * group["lr"]
+    def _statistics(self, chunk: _Chunk, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # The step size is not known yet (g0 comes from these sums): the shares carry the group's lr
+        # (one lr for every group that moves), and _estimate multiplies in d / g0.
+        lr = chunk.group["lr"]
         p, g, s, _ = chunk.lists
-        numerator, s_sq = self._statistics_fn(
-            p, g, s, dlr=chunk.scalar(dlr), weight_decay=group["weight_decay"], device_type=chunk.device.type
+        dot, s_sq, grad_sq, raw_sq = self._statistics_fn(
+            p, g, s, weight_decay=chunk.group["weight_decay"], device_type=chunk.device.type
         )
-        return dlr * numerator.to(dlr), s_sq.to(dlr)
+        return lr * dot.to(scale), s_sq.to(scale), lr * lr * grad_sq.to(scale), raw_sq.to(scale)
 
-    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        numerator, s_sq = totals
+    def _estimate(self, totals: list[Tensor], running: dict[str, Tensor], scale: Tensor,
+                  k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lr_dot, s_sq, lr_sq_grad_sq, raw_sq = totals
+        # g0 is fixed at the first step that moves (k == 0). k lives on the device, so ||g||^2 is
+        # summed every step (in the pass that reads the gradients anyway) and selected by torch.where.
+        if self.param_groups[0]["fsdp_in_use"]:
+            (raw_sq,) = self._all_reduce(raw_sq)
+        g0 = torch.where(k == 0, torch.sqrt(raw_sq), running["g0_norm"])
+        running["g0_norm"] = g0
+        scale = torch.where(g0 > 0, scale / g0, torch.zeros_like(scale))  # scale was d: now d / g0
+        numerator = scale * lr_dot  # dlr * <g, s>
+        new_s_sq = s_sq + 2 * numerator + scale * scale * lr_sq_grad_sq  # ||s + dlr g||^2, expanded
         running["numerator_weighted"] = running["numerator_weighted"] + numerator
-        return running["numerator_weighted"], s_sq
+        return running["numerator_weighted"], new_s_sq, scale
 
     def _d_hat(self, numerator: Tensor, denominator: Tensor) -> Tensor:
         return 2 * numerator / torch.sqrt(denominator)
 
     def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
         group = chunk.group
-        p, _, s, x0 = chunk.lists
+        p, g, s, x0 = chunk.lists
         weight = (1 - group["momentum"]) * step_scale
-        self._apply_fn(p, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight),
+        self._apply_fn(p, g, s, x0, dlr=chunk.scalar(scale * group["lr"]), weight_decay=group["weight_decay"],
+                       keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight),
                        average=group["momentum"] != 0, device_type=chunk.device.type)

@@ -44,7 +44,7 @@ from rvc_optim.optim._foreach import (
 )
 from rvc_optim.optim.lamb import tensor_norms
 
-__all__ = ["LARS", "lars_update"]
+__all__ = ["LARS", "lars_layer_update", "lars_update"]
 
 
 def lars_update(
@@ -76,6 +76,37 @@ def lars_update(
     add_scaled_(params, grads, -lr * rate)
     if nesterov:
         add_scaled_(params, momentum_buffers, -lr * momentum)
+
+
+def lars_layer_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: Tensor | float,
+    weight_decay: float,
+    trust_coeff: float,
+    eps: float,
+    trust_clip: bool,
+    momentum: float,
+    decay: float,
+    damping: float,
+    nesterov: bool,
+) -> None:
+    """The local rates and the update in one function, for whole lists (accelerators, the compiled
+    path): ``lam`` from the tensors' norms as in the module docstring, then :func:`lars_update` on
+    ``d = lam * (g + weight_decay * p)``. Each tensor's norms depend on that tensor only, so the
+    compiled path runs it on flat views, its norms and update fused per tensor."""
+    w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
+    rates = trust_coeff * w_norms / (g_norms + weight_decay * w_norms + eps)
+    rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
+    if trust_clip:
+        rates = torch.clamp(rates / lr, max=1.0)
+    if weight_decay != 0.0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    directions = torch._foreach_mul(grads, list(rates.to(params[0].dtype).unbind()))
+    lars_update(params, directions, momentum_buffers, lr=lr, rate=1.0, weight_decay=0.0, momentum=momentum,
+                decay=decay, damping=damping, nesterov=nesterov)
 
 
 class LARS(Optimizer):
@@ -126,6 +157,7 @@ class LARS(Optimizer):
             trust_coeff=trust_coeff, eps=eps, trust_clip=trust_clip, always_adapt=always_adapt,
         ))
         self._update = UpdateFunction(lars_update, compiled)
+        self._layer_update = UpdateFunction(lars_layer_update, compiled, elementwise=False, flat=True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -148,37 +180,35 @@ class LARS(Optimizer):
     def _step(self, group: dict[str, Any], device: torch.device, dtype: torch.dtype, params: list[Tensor],
               grads: list[Tensor], buffers: list[Tensor], first: set[int]) -> None:
         lr, wd, momentum = scalar(group["lr"], device, dtype), group["weight_decay"], group["momentum"]
-        rates = None
-        if wd != 0.0 or group["always_adapt"]:
-            w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
-            rates = group["trust_coeff"] * w_norms / (g_norms + wd * w_norms + group["eps"])
-            rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
-            if group["trust_clip"]:
-                rates = torch.clamp(rates / lr, max=1.0)
-        fixed = dict(lr=lr, weight_decay=wd, momentum=momentum, nesterov=group["nesterov"], device_type=device.type)
-        per_tensor = device.type == "cpu" and not resolve_compiled(
-            self._update.compiled, "cpu", sum(p.numel() for p in params))
-        if rates is not None and not per_tensor:
-            # whole lists: the local rate goes into the directions, d = rate * (g + wd * p)
-            grads = torch._foreach_add(grads, params, alpha=wd) if wd != 0.0 else list(grads)
-            grads = torch._foreach_mul(grads, list(rates.to(dtype).unbind()))
-            fixed["weight_decay"], rates = 0.0, None
-        if rates is None:
-            self._call(params, grads, buffers, first, group["dampening"], rate=1.0, **fixed)
+        fixed = dict(lr=lr, momentum=momentum, nesterov=group["nesterov"], device_type=device.type)
+        if wd == 0.0 and not group["always_adapt"]:  # plain SGD steps
+            self._call(self._update, params, grads, buffers, first, group["dampening"], rate=1.0, weight_decay=0.0,
+                       **fixed)
             return
-        # a CPU: one blocked update per tensor, its local rate a Python float (free to read there)
+        if device.type != "cpu" or resolve_compiled(self._layer_update.compiled, "cpu", sum(p.numel() for p in params)):
+            self._call(self._layer_update, params, grads, buffers, first, group["dampening"], weight_decay=wd,
+                       trust_coeff=group["trust_coeff"], eps=group["eps"], trust_clip=group["trust_clip"], **fixed)
+            return
+        # a CPU, eager: one blocked update per tensor, its local rate a Python float (free to read there)
+        w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
+        rates = group["trust_coeff"] * w_norms / (g_norms + wd * w_norms + group["eps"])
+        rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
+        if group["trust_clip"]:
+            rates = torch.clamp(rates / lr, max=1.0)
         for i, rate in enumerate(rates.tolist()):
-            self._call([params[i]], [grads[i]], buffers[i:i + 1], first, group["dampening"], rate=rate, **fixed)
+            self._call(self._update, [params[i]], [grads[i]], buffers[i:i + 1], first, group["dampening"], rate=rate,
+                       weight_decay=wd, **fixed)
 
-    def _call(self, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], first: set[int],
-              dampening: float, **scalars: Any) -> None:
-        """The update; buffers on their first step (decay 0, no dampening) in a call of their own."""
+    @staticmethod
+    def _call(update: UpdateFunction, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
+              first: set[int], dampening: float, **scalars: Any) -> None:
+        """``update``; buffers on their first step (decay 0, no dampening) in a call of their own."""
         if not buffers:
-            self._update(params, grads, [], decay=0.0, damping=1.0, **scalars)
+            update(params, grads, [], decay=0.0, damping=1.0, **scalars)
             return
         for is_first in (False, True):
             chosen = [i for i, p in enumerate(params) if (id(p) in first) == is_first]
             if chosen:
-                self._update([params[i] for i in chosen], [grads[i] for i in chosen], [buffers[i] for i in chosen],
-                             decay=0.0 if is_first else scalars["momentum"],
-                             damping=1.0 if is_first else 1.0 - dampening, **scalars)
+                update([params[i] for i in chosen], [grads[i] for i in chosen], [buffers[i] for i in chosen],
+                       decay=0.0 if is_first else scalars["momentum"],
+                       damping=1.0 if is_first else 1.0 - dampening, **scalars)
