@@ -191,6 +191,18 @@ def test_whole_tensor_chunks_are_grouped_by_rank_and_padded_to_the_minimum_size(
     assert [t.shape for t in rest[0]] == [(2,)]
 
 
+def test_a_list_of_per_tensor_scalars_is_chunked_beside_its_tensors_as_it_is():
+    tensors = [torch.zeros(n) for n in (5, 1, 900)] + [torch.zeros(3, 7)]
+    per_tensor = [torch.full((), float(i)) for i in range(4)]  # layer-wise state: one 0-d value a tensor
+    chunks, rest = _compile_chunks([tensors, per_tensor])
+    (_, (flat, values)), = chunks
+    assert [t.numel() for t in flat[:3]] == [5, 900, 21]
+    assert [v.dim() for v in values] == [0] * 16
+    assert values[0] is per_tensor[0] and values[2] is per_tensor[3]  # the state itself, updated in place
+    assert all(float(v) == 0.0 for v in values[3:])  # padding: fresh zeros
+    assert rest[1] == [per_tensor[1]]  # beside its one-element tensor, eager
+
+
 def test_flat_views_are_kept_for_persistent_lists_only():
     views = FlatViews()
     params = [torch.zeros(2, 3), torch.zeros(4)]

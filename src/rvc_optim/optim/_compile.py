@@ -236,6 +236,7 @@ def _compile_chunks(tensor_lists: Sequence[list[Tensor]], flat_views: Callable[[
     """
     numels = map(Tensor.numel, tensor_lists[0])
     contiguous = zip(*(map(Tensor.is_contiguous, lst) for lst in tensor_lists))
+    scalar_lists = [lst[0].dim() == 0 for lst in tensor_lists]  # one 0-d value per tensor (layer-wise state)
     keep = [n >= min_numel and all(c) for n, c in zip(numels, contiguous)]
     if not any(keep):
         return [], [list(lst) for lst in tensor_lists]
@@ -249,13 +250,15 @@ def _compile_chunks(tensor_lists: Sequence[list[Tensor]], flat_views: Callable[[
     else:
         flatten = flat_views or (lambda lst: list(map(Tensor.flatten, lst)))
         lists = tensor_lists if all(keep) else [[t for t, k in zip(lst, keep) if k] for lst in tensor_lists]
-        groups = [(None, [list(flatten(lst)) for lst in lists])]  # copies: padded below
+        groups = [(None, [list(lst) if scalar else list(flatten(lst))  # copies: padded below
+                          for lst, scalar in zip(lists, scalar_lists)])]
     chunks: list[Chunk] = []
     for rank, lists in groups:
         n = len(lists[0])
         if n % CHUNK_TENSORS:
-            for out in lists:
-                out.extend(_pad(out[0], rank, min_numel) for _ in range(CHUNK_TENSORS - n % CHUNK_TENSORS))
+            for out, scalar in zip(lists, scalar_lists):
+                out.extend(out[0].new_zeros(()) if scalar else _pad(out[0], rank, min_numel)
+                           for _ in range(CHUNK_TENSORS - n % CHUNK_TENSORS))
         chunks += [(rank, [lst[i:i + CHUNK_TENSORS] for lst in lists]) for i in range(0, n, CHUNK_TENSORS)]
     return chunks, rest
 
@@ -447,7 +450,7 @@ class ChunkGraph:
 
     def __init__(self, fn: Callable[..., Any], dtypes: tuple[torch.dtype, ...], device: torch.device,
                  tensor_scalars: dict[str, tuple[torch.dtype, torch.device]], constants: dict[str, Any],
-                 rank: int | None = None, min_numel: int = 2) -> None:
+                 rank: int | None = None, min_numel: int = 2, scalar_lists: tuple[bool, ...] = ()) -> None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         self.tensor_names = tuple(tensor_scalars)
@@ -472,7 +475,9 @@ class ChunkGraph:
         # one symbol per dim of index j (equal sizes share a symbol), so the lists' equal shapes are no
         # assumption of the trace, and any guard left on a size is a branch of fn on it.
         shapes = [(_EXAMPLE_NUMEL + j,) if rank is None else tuple(3 + j + 16 * d for d in range(rank)) for j in range(k)]
-        examples = [torch.zeros(shape, dtype=dtype, device=device) for dtype in dtypes for shape in shapes]
+        scalar_lists = scalar_lists or (False,) * n_lists
+        examples = [torch.zeros(() if scalar else shape, dtype=dtype, device=device)
+                    for dtype, scalar in zip(dtypes, scalar_lists) for shape in shapes]
         examples += [torch.zeros((), dtype=dtype, device=dev) for dtype, dev in tensor_scalars.values()]
         graph = make_fx(flat_fn, tracing_mode="symbolic", decomposition_table=_per_tensor_decompositions())(*examples)
         fakes = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
@@ -523,15 +528,17 @@ def chunk_graph(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], scalars: 
     tensor_scalars = {k: (v.dtype, v.device) for k, v in scalars.items() if isinstance(v, Tensor)}
     constants = {k: v for k, v in scalars.items() if not isinstance(v, Tensor)}
     dtypes = tuple(lst[0].dtype for lst in chunk)
+    scalar_lists = tuple(lst[0].dim() == 0 for lst in chunk)
     device = chunk[0][0].device
-    key = (fn, dtypes, device, rank, min_numel, tuple(sorted(tensor_scalars.items())), tuple(sorted(constants.items())))
+    key = (fn, dtypes, scalar_lists, device, rank, min_numel, tuple(sorted(tensor_scalars.items())),
+           tuple(sorted(constants.items())))
     graph = _GRAPHS.get(key)
     if graph is None:
         if _GRAPH_COUNTS.get(fn, 0) >= GRAPH_LIMIT:
             raise RuntimeError(f"{fn.__name__} has built {GRAPH_LIMIT} graphs (one per dtype, rank and set of "
                                "Python-number scalars): a Python-number scalar changes from call to call (pass "
                                "per-step values as 0-d tensors), or param groups differ in too many settings")
-        graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants, rank, min_numel)
+        graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants, rank, min_numel, scalar_lists)
         _GRAPH_COUNTS[fn] = _GRAPH_COUNTS.get(fn, 0) + 1
     return graph
 

@@ -46,7 +46,7 @@ from rvc_optim.optim._foreach import (
 )
 from rvc_optim.optim.lamb import tensor_norms
 
-__all__ = ["NovoGrad", "novograd_update"]
+__all__ = ["NovoGrad", "novograd_layer_update", "novograd_update"]
 
 
 def novograd_update(
@@ -82,6 +82,31 @@ def _layer_second_moments(grads: list[Tensor], exp_avg_sqs: list[Tensor], max_ex
         v = torch.maximum(torch.stack(max_exp_avg_sqs), v)
         torch._foreach_copy_(max_exp_avg_sqs, list(v.unbind()))
     return v
+
+
+def novograd_layer_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    *,
+    lr: Tensor | float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    averaging: float,
+    weight_decay: float,
+) -> None:
+    """A whole step for whole lists (accelerators, the compiled path): each tensor's v (and v_hat) from
+    its gradient's norm, then :func:`novograd_update` on the normalised gradients. ``exp_avg_sqs`` (and
+    ``max_exp_avg_sqs``, empty without amsgrad) hold one 0-d tensor per parameter. Each tensor's values
+    depend on that tensor only, so the compiled path runs it on flat views, norm and update fused."""
+    v_hat = _layer_second_moments(grads, exp_avg_sqs, max_exp_avg_sqs, beta2)
+    scales = 1.0 / (v_hat.sqrt() + eps)
+    normalised = torch._foreach_mul(grads, list(scales.to(params[0].dtype).unbind()))
+    novograd_update(params, normalised, exp_avgs, lr=lr, scale=1.0, beta1=beta1, averaging=averaging,
+                    weight_decay=weight_decay)
 
 
 class NovoGrad(Optimizer):
@@ -125,6 +150,7 @@ class NovoGrad(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       grad_averaging=grad_averaging, amsgrad=amsgrad))
         self._update = UpdateFunction(novograd_update, compiled)
+        self._layer_update = UpdateFunction(novograd_layer_update, compiled, elementwise=False, flat=True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -142,15 +168,16 @@ class NovoGrad(Optimizer):
             for device, dtype, lists in group_by_device_and_dtype(params, grads, exp_avgs, exp_avg_sqs, *(
                     [max_sqs] if max_sqs else [])):
                 p, g, m, v = lists[:4]
-                v_hat = _layer_second_moments(g, v, lists[4] if max_sqs else [], beta2)
-                scales = 1.0 / (v_hat.sqrt() + group["eps"])
+                v_max = lists[4] if max_sqs else []
                 fixed = dict(lr=scalar(group["lr"], device, dtype), beta1=beta1, weight_decay=group["weight_decay"],
                              averaging=1.0 - beta1 if group["grad_averaging"] else 1.0, device_type=device.type)
-                if device.type == "cpu" and not resolve_compiled(self._update.compiled, "cpu",
-                                                                 sum(x.numel() for x in p)):
-                    # one blocked update per tensor, its scale a Python float (free to read on a CPU)
-                    for x, grad, exp_avg, one in zip(p, g, m, scales.tolist()):
-                        self._update([x], [grad], [exp_avg], scale=one, **fixed)
-                else:
-                    self._update(p, torch._foreach_mul(g, list(scales.to(dtype).unbind())), m, scale=1.0, **fixed)
+                if device.type != "cpu" or resolve_compiled(self._layer_update.compiled, "cpu",
+                                                            sum(x.numel() for x in p)):
+                    self._layer_update(p, g, m, v, v_max, beta2=beta2, eps=group["eps"], **fixed)
+                    continue
+                # a CPU, eager: one blocked update per tensor, its scale a Python float (free to read there)
+                v_hat = _layer_second_moments(g, v, v_max, beta2)
+                scales = 1.0 / (v_hat.sqrt() + group["eps"])
+                for x, grad, exp_avg, one in zip(p, g, m, scales.tolist()):
+                    self._update([x], [grad], [exp_avg], scale=one, **fixed)
         return loss
