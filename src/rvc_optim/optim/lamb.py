@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
 from rvc_optim.optim.adan import global_clip_factor
 from rvc_optim.optim._foreach import (
     add_scaled_,
@@ -51,7 +51,7 @@ from rvc_optim.optim._foreach import (
     state_tensor,
 )
 
-__all__ = ["LAMB", "add_scaled_per_tensor_", "lamb_moments", "tensor_norms", "trust_ratios"]
+__all__ = ["LAMB", "add_scaled_per_tensor_", "lamb_layer_update", "lamb_moments", "tensor_norms", "trust_ratios"]
 
 
 # --- shared by the layer-wise optimizers (LAMB, LARS, NovoGrad, Fromage, Nero) ---------------------
@@ -131,6 +131,28 @@ def lamb_moments(
     addcdiv_scaled_(updates, exp_avgs, denom, step_size)
 
 
+def lamb_layer_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    lr: Tensor | float,
+    trust_clip: bool,
+    **moments: Any,
+) -> None:
+    """A whole LAMB step with the trust ratio, for whole lists (accelerators, the compiled path):
+    :func:`lamb_moments` into fresh updates u, then ``p <- p - lr * ratio * u`` with ``ratio =
+    ||p|| / ||u||`` (1 where either is 0; at most 1 with ``trust_clip``). Each tensor's ratio depends on
+    that tensor only, so the compiled path runs it on flat views, u never written to memory."""
+    updates = [torch.empty_like(p) for p in params]
+    lamb_moments(params, grads, exp_avgs, exp_avg_sqs, updates, **moments)
+    ratios = trust_ratios(tensor_norms(params), tensor_norms(updates))
+    if trust_clip:
+        ratios = torch.clamp(ratios, max=1.0)
+    torch._foreach_add_(params, torch._foreach_mul(updates, list((-lr * ratios).to(params[0].dtype).unbind())))
+
+
 def _lamb_adam_step(params, grads, exp_avgs, exp_avg_sqs, **scalars):
     """LAMB without the trust ratio (weight_decay 0, always_adapt off): Adam, in one pass."""
     lamb_moments(params, grads, exp_avgs, exp_avg_sqs, params, **scalars)
@@ -192,6 +214,7 @@ class LAMB(Optimizer):
         ))
         self._adam_step = UpdateFunction(_lamb_adam_step, compiled)
         self._moments = UpdateFunction(_lamb_with_updates, compiled)
+        self._layer_update = UpdateFunction(lamb_layer_update, compiled, elementwise=False, flat=True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -224,8 +247,15 @@ class LAMB(Optimizer):
                 if not adapt:
                     self._adam_step(p, g, m, v, step_size=scalar(-lr * bc2**0.5 / bc1, device, dtype), **scalars)
                     continue
+                step_size = scalar(bc2**0.5 / bc1, device, dtype)
+                if device.type != "cpu" or resolve_compiled(self._layer_update.compiled, "cpu",
+                                                            sum(x.numel() for x in p)):
+                    self._layer_update(p, g, m, v, lr=scalar(lr, device, dtype), trust_clip=group["trust_clip"],
+                                       step_size=step_size, **scalars)
+                    continue
+                # a CPU, eager: blocked moments, then each tensor's step with its ratio as a Python float
                 updates = [torch.empty_like(x) for x in p]
-                self._moments(p, g, m, v, updates, step_size=scalar(bc2**0.5 / bc1, device, dtype), **scalars)
+                self._moments(p, g, m, v, updates, step_size=step_size, **scalars)
                 ratios = trust_ratios(tensor_norms(p), tensor_norms(updates))
                 if group["trust_clip"]:
                     ratios = torch.clamp(ratios, max=1.0)
