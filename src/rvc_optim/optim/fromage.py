@@ -64,8 +64,8 @@ class Fromage(Optimizer):
         p_bound: cap every tensor's norm at p_bound times its norm at its first step (default None: no
             cap). As in the authors' code it is one value for the optimizer, and a tensor that is zero
             at its first step is held at zero (its cap is 0): keep zero-initialised biases out of it.
-        compiled: use the ``torch.compile``d update over whole lists (None: decided by
-            ``RVC_OPTIM_COMPILE`` off a CPU; eager on a CPU, where only True compiles).
+        compiled: use the compiled update (flat chunks, norms and step fused per tensor; None:
+            decided by ``RVC_OPTIM_COMPILE``).
 
     Deviations from the reference:
         * norms and ratios stay on the device (the authors' code reads them with ``.item()``);
@@ -79,7 +79,7 @@ class Fromage(Optimizer):
             check_positive(p_bound, "p_bound")
         self.p_bound = p_bound
         super().__init__(params, dict(lr=lr))
-        self._update = UpdateFunction(fromage_update, compiled, elementwise=False)
+        self._update = UpdateFunction(fromage_update, compiled, elementwise=False, flat=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -102,11 +102,5 @@ class Fromage(Optimizer):
                             self.state[x]["max"] = norm
                     maxima = [self.state[x]["max"] for x in p]
                 lr_t = scalar(lr, device, dtype)
-                # On a CPU only an explicit compiled=True compiles: the eager update reads each tensor about
-                # three times, and a graph over whole lists of fixed shapes is slow to build.
-                scalars = dict(lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
-                if device.type == "cpu" and self._update.compiled is None:
-                    fromage_update(p, g, maxima, **scalars)
-                else:
-                    self._update(p, g, maxima, device_type=device.type, **scalars)
+                self._update(p, g, maxima, device_type=device.type, lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
         return loss

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.optim import Optimizer
 
 from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
@@ -78,7 +79,7 @@ def add_scaled_per_tensor_(targets: list[Tensor], tensors: list[Tensor], factors
     fused ``add_(alpha=)`` pass; elsewhere the factors stay on the device: one multi-tensor multiply
     into temporaries, then one multi-tensor add.
     """
-    if factors.device.type == "cpu" and not torch.compiler.is_compiling():
+    if factors.device.type == "cpu" and not torch.compiler.is_compiling() and not isinstance(factors, FakeTensor):
         for target, tensor, factor in zip(targets, tensors, factors.tolist()):
             target.add_(tensor, alpha=factor)
         return
