@@ -40,13 +40,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
 from rvc_optim.optim._foreach import (
+    add_scaled_,
     check_nonnegative,
     check_positive,
     group_by_device_and_dtype,
     params_with_grad,
     run_closure,
+    scalar,
     scalar_dtype,
 )
 
@@ -63,27 +65,30 @@ def a2grad_update(
     v_ks: list[Tensor],
     v_kks: list[Tensor],
     *,
-    k: int,
+    k: int | Tensor,
     beta: float,
     lips: float,
     rho: float,
     variant: str,
 ) -> None:
     """One A2Grad step at index k (0 on the first). ``v_ks``/``v_kks`` are 0-d tensors, one per parameter
-    (``v_kks`` empty unless variant is 'exp'). Needs whole tensors: the norms of delta are per tensor."""
+    (``v_kks`` empty unless variant is 'exp'). Needs whole tensors: the norms of delta are per tensor. ``k``
+    is a Python int eagerly and a 0-d tensor when compiled (one graph for every step)."""
     # With d = gbar - g: ||delta|| = k / (k + 1) ||d||, and the new average is g + k / (k + 1) d.
+    shrink = k / (k + 1)
     torch._foreach_sub_(avg_grads, grads)
     norms = torch.stack(torch._foreach_norm(avg_grads, 2, dtype=scalar_dtype(avg_grads[0].dtype)))
-    torch._foreach_mul_(avg_grads, k / (k + 1))
+    torch._foreach_mul_(avg_grads, shrink)
     torch._foreach_add_(avg_grads, grads)
-    squares = (norms * (k / (k + 1))) ** 2
+    squares = (norms * shrink) ** 2
     v = torch.stack(v_ks)
     if variant == "uni":
         v = v + squares
     elif variant == "inc":
-        v = v * (k / (k + 1)) ** 2 + squares
+        v = v * shrink**2 + squares
     else:
-        v_kk = squares if k == 0 else torch.stack(v_kks) * rho + squares * (1.0 - rho)
+        v_kk = torch.stack(v_kks) * rho + squares * (1.0 - rho)
+        v_kk = torch.where(k == 0, squares, v_kk) if isinstance(k, Tensor) else squares if k == 0 else v_kk
         torch._foreach_copy_(v_kks, list(v_kk.unbind()))
         v = torch.maximum(v, v_kk)
     torch._foreach_copy_(v_ks, list(v.unbind()))
@@ -93,7 +98,7 @@ def a2grad_update(
     # x <- x - c g;  p <- lerp(p, x, a') - (1 - a') a c g
     # On a CPU the coefficients are read as floats (a CPU tensor: free, no device sync); per tensor, no
     # temporaries.
-    if params[0].device.type == "cpu":
+    if params[0].device.type == "cpu" and not isinstance(k, Tensor):
         for p, g, x, c in zip(params, grads, x_ks, coefs.tolist()):
             x.add_(g, alpha=-c)
             p.lerp_(x, a_next)
@@ -102,7 +107,7 @@ def a2grad_update(
     steps = torch._foreach_mul(grads, list(coefs.unbind()))
     torch._foreach_sub_(x_ks, steps)
     torch._foreach_lerp_(params, x_ks, a_next)
-    torch._foreach_add_(params, steps, alpha=-(1.0 - a_next) * a)
+    add_scaled_(params, steps, -(1.0 - a_next) * a)
 
 
 def _check_variant(variant: str) -> None:
@@ -121,13 +126,13 @@ class A2Grad(Optimizer):
         rho: smoothing of the exponential variant's average of ||delta||^2 (default 0.5).
         variant: 'uni' (uniform sum), 'inc' (incremental weights) or 'exp' (exponential average with a
             running maximum) (default 'uni').
+        compiled: use the compiled update (flat chunks, norms and step fused per tensor, k a 0-d
+            tensor; None: decided by ``RVC_OPTIM_COMPILE``).
 
     State per parameter: ``avg_grad`` and ``x_k`` (the size of the parameter), ``v_k`` (and ``v_kk`` for
     'exp') as 0-d tensors. The group keeps ``step`` (k + 1 after a step).
 
     Deviations from the reference (torch-optimizer):
-        * eager only (no ``compiled`` argument): k enters every per-step scalar, which would specialise
-          a torch.compile graph anew at each step.
         * no ``lr`` argument: the reference accepts one and ignores it; here the step comes from lips and
           beta only, and an LR scheduler has nothing to change.
         * k is counted per group (``group['step']``), the reference counts per parameter; they agree
@@ -146,6 +151,8 @@ class A2Grad(Optimizer):
         lips: float = 10.0,
         rho: float = 0.5,
         variant: Literal["uni", "inc", "exp"] = "uni",
+        *,
+        compiled: bool | None = None,
     ) -> None:
         check_nonnegative(beta, "beta")
         check_positive(lips, "lips")
@@ -153,7 +160,7 @@ class A2Grad(Optimizer):
             raise ValueError(f"Invalid rho value: {rho} (must be in [0, 1])")
         _check_variant(variant)
         super().__init__(params, dict(beta=beta, lips=lips, rho=rho, variant=variant))
-        self._update = UpdateFunction(a2grad_update, False, elementwise=False)
+        self._update = UpdateFunction(a2grad_update, compiled, elementwise=False, flat=True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -177,9 +184,11 @@ class A2Grad(Optimizer):
             keys = ("avg_grad", "x_k", "v_k") + (("v_kk",) if exp else ())
             lists = [[self.state[p][key] for p in params] for key in keys]
             for device, dtype, (p, g, avg, x, v, *v_kk) in group_by_device_and_dtype(params, grads, *lists):
+                # k as a 0-d tensor where the update compiles (a Python int would build a graph per step)
+                compiles = resolve_compiled(self._update.compiled, device.type, sum(t.numel() for t in p))
                 self._update(
                     p, g, avg, x, v, v_kk[0] if v_kk else [],
-                    k=k, beta=group["beta"], lips=group["lips"], rho=group["rho"], variant=group["variant"],
-                    device_type=device.type,
+                    k=scalar(k, device, v[0].dtype) if compiles else k, beta=group["beta"], lips=group["lips"],
+                    rho=group["rho"], variant=group["variant"], device_type=device.type,
                 )
         return loss
