@@ -207,7 +207,9 @@ PUBLISHED: dict[str, list[Published]] = {
     # Adafactor has no first moment and a relative step: a speed peer on a lighter configuration.
     "AdaFactor": [
         Published("transformers", "transformers.optimization", "Adafactor"),
-        Published("timm", "timm.optim.adafactor", "Adafactor", {"betas": (0.8, 0.999), "min_dim_size_to_factor": 0}),
+        Published("timm", "timm.optim.adafactor", "Adafactor", {"betas": (0.8, 0.999), "min_dim_size_to_factor": 0},
+                  note="its own variant: a conv kernel's (out, in) dims are factored, where ours and transformers' "
+                       "factor the last two (a far smaller state for 4-D kernels)"),
         Published("torch", "torch.optim", "Adafactor", {"foreach": True}),
     ],
     "CAME": [
@@ -474,14 +476,14 @@ class Row:
 @functools.lru_cache(maxsize=None)
 def _has_auto_compiled_update(algorithm: str) -> bool:
     """Whether ``create_optimizer(algorithm, ...)`` holds an update that ``RVC_OPTIM_COMPILE=auto``
-    compiles on a large CPU set (an elementwise one; whole-tensor updates stay eager there)."""
+    compiles on a large CPU set (one on flat chunks; updates that read tensor shapes stay eager there)."""
     from rvc_optim.optim._compile import UpdateFunction
 
     if not optimizer_info(algorithm).capabilities.compiled:
         return False
     extra = {"num_iterations": RUN_LENGTH} if optimizer_info(algorithm).protocol.run_length is not None else {}
     optimizer = _quiet(create_optimizer, algorithm, [torch.nn.Parameter(torch.zeros(2, 2))], **extra)
-    return any(isinstance(v, UpdateFunction) and v.elementwise and v.compiled is None for v in vars(optimizer).values())
+    return any(isinstance(v, UpdateFunction) and v.flat and v.compiled is None for v in vars(optimizer).values())
 
 
 def _quiet(fn, *args, **kwargs):

@@ -203,6 +203,17 @@ def test_a_list_of_per_tensor_scalars_is_chunked_beside_its_tensors_as_it_is():
     assert rest[1] == [per_tensor[1]]  # beside its one-element tensor, eager
 
 
+def test_graphs_built_counts_functions_that_share_a_name_together(monkeypatch):
+    def make():
+        def update(params):
+            return None
+        return update
+
+    first, second = make(), make()  # two closures, one qualified name (as the empty-list wrappers)
+    monkeypatch.setattr("rvc_optim.optim._compile._GRAPH_COUNTS", {first: 1, second: 2})
+    assert graphs_built() == {first.__qualname__: 3}
+
+
 def test_flat_views_are_kept_for_persistent_lists_only():
     views = FlatViews()
     params = [torch.zeros(2, 3), torch.zeros(4)]
