@@ -28,8 +28,8 @@ The choice between eager and compiled:
 * for ``None``, the environment variable ``RVC_OPTIM_COMPILE``: ``1`` (compile wherever a compiler is
   available: CUDA with Triton, or a CPU with a C++ compiler on the path), ``0`` (eager) or ``auto`` (the
   default): compile on CUDA, and on a CPU for an elementwise (or ``flat``) update of at least
-  :data:`CPU_AUTO_COMPILE_NUMEL` elements, where the cold build (15-33 s on 2 cores) pays for itself
-  within 1,000 steps (measured on RVC's generator set: ``benchmarks/results/step_time_cpu_compiled.md``).
+  :data:`CPU_AUTO_COMPILE_NUMEL` elements, where the cold build (14-46 s on 2 cores) pays for itself
+  within 1,000 steps (measured on RVC's sets: ``benchmarks/results/step_time_cpu_default_*.md``).
   A small model (the demo's) stays eager, where a build would not pay.
 
 A compiled update that fails to build falls back to the eager function with one warning.
@@ -96,9 +96,9 @@ def compile_available(device_type: str) -> bool:
 
 
 # ``auto`` compiles on a CPU where an update's tensors hold at least this many elements: there the cold
-# build pays for itself within 1,000 steps for every elementwise update (measured on RVC's generator
-# set, 36.5M elements: builds of 15-33 s against savings of 19-146 ms a step; the least saving per
-# element, ScheduleFreeSGD's, needs 28M elements to repay its 14.5 s build in 1,000 steps).
+# build pays for itself within 1,000 steps for the updates that run on flat chunks (measured on RVC's
+# generator and discriminator together, 108M elements, against the eager path: repaid within 40-468
+# steps; one graph serves both optimizers of a training run. Fromage's did not pay, and stays eager).
 CPU_AUTO_COMPILE_NUMEL = 1 << 25
 
 

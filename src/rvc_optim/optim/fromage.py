@@ -65,7 +65,7 @@ class Fromage(Optimizer):
             cap). As in the authors' code it is one value for the optimizer, and a tensor that is zero
             at its first step is held at zero (its cap is 0): keep zero-initialised biases out of it.
         compiled: use the compiled update (flat chunks, norms and step fused per tensor; None:
-            decided by ``RVC_OPTIM_COMPILE``).
+            decided by ``RVC_OPTIM_COMPILE`` off a CPU, eager on a CPU, where the build does not pay).
 
     Deviations from the reference:
         * norms and ratios stay on the device (the authors' code reads them with ``.item()``);
@@ -102,5 +102,12 @@ class Fromage(Optimizer):
                             self.state[x]["max"] = norm
                     maxima = [self.state[x]["max"] for x in p]
                 lr_t = scalar(lr, device, dtype)
-                self._update(p, g, maxima, device_type=device.type, lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
+                scalars = dict(lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
+                if device.type == "cpu" and self._update.compiled is None:
+                    # auto stays eager on a CPU: compiled, the step was 1.85x the floor against 1.90x eager on
+                    # G+D, which repays a 22 s build only after about 4,900 steps (benchmarks/results/
+                    # step_time_cpu_default_rerun.md); compiled=True still compiles
+                    fromage_update(p, g, maxima, **scalars)
+                else:
+                    self._update(p, g, maxima, device_type=device.type, **scalars)
         return loss
