@@ -132,6 +132,12 @@ def lamb_moments(
     addcdiv_scaled_(updates, exp_avgs, denom, step_size)
 
 
+def _update_trust_ratios(params: list[Tensor], updates: list[Tensor], trust_clip: bool) -> Tensor:
+    """LAMB's per-tensor ||p|| / ||u|| (1 where either is 0), at most 1 with ``trust_clip``."""
+    ratios = trust_ratios(tensor_norms(params), tensor_norms(updates))
+    return torch.clamp(ratios, max=1.0) if trust_clip else ratios
+
+
 def lamb_layer_update(
     params: list[Tensor],
     grads: list[Tensor],
@@ -148,9 +154,7 @@ def lamb_layer_update(
     that tensor only, so the compiled path runs it on flat views, u never written to memory."""
     updates = [torch.empty_like(p) for p in params]
     lamb_moments(params, grads, exp_avgs, exp_avg_sqs, updates, **moments)
-    ratios = trust_ratios(tensor_norms(params), tensor_norms(updates))
-    if trust_clip:
-        ratios = torch.clamp(ratios, max=1.0)
+    ratios = _update_trust_ratios(params, updates, trust_clip)
     torch._foreach_add_(params, torch._foreach_mul(updates, list((-lr * ratios).to(params[0].dtype).unbind())))
 
 
@@ -257,8 +261,6 @@ class LAMB(Optimizer):
                 # a CPU, eager: blocked moments, then each tensor's step with its ratio as a Python float
                 updates = [torch.empty_like(x) for x in p]
                 self._moments(p, g, m, v, updates, step_size=step_size, **scalars)
-                ratios = trust_ratios(tensor_norms(p), tensor_norms(updates))
-                if group["trust_clip"]:
-                    ratios = torch.clamp(ratios, max=1.0)
+                ratios = _update_trust_ratios(p, updates, group["trust_clip"])
                 add_scaled_per_tensor_(p, updates, -scalar(lr, device, dtype) * ratios)
         return loss

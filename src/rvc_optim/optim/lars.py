@@ -44,7 +44,7 @@ from rvc_optim.optim._foreach import (
 )
 from rvc_optim.optim.lamb import tensor_norms
 
-__all__ = ["LARS", "lars_layer_update", "lars_update"]
+__all__ = ["LARS", "lars_layer_update", "lars_update", "local_rates"]
 
 
 def lars_update(
@@ -78,6 +78,15 @@ def lars_update(
         add_scaled_(params, momentum_buffers, -lr * momentum)
 
 
+def local_rates(params: list[Tensor], grads: list[Tensor], *, lr: Tensor | float, weight_decay: float,
+                trust_coeff: float, eps: float, trust_clip: bool) -> Tensor:
+    """Every tensor's local rate lam (the module docstring's rule) as one 1-d tensor on their device."""
+    w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
+    rates = trust_coeff * w_norms / (g_norms + weight_decay * w_norms + eps)
+    rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
+    return torch.clamp(rates / lr, max=1.0) if trust_clip else rates
+
+
 def lars_layer_update(
     params: list[Tensor],
     grads: list[Tensor],
@@ -97,11 +106,8 @@ def lars_layer_update(
     path): ``lam`` from the tensors' norms as in the module docstring, then :func:`lars_update` on
     ``d = lam * (g + weight_decay * p)``. Each tensor's norms depend on that tensor only, so the
     compiled path runs it on flat views, its norms and update fused per tensor."""
-    w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
-    rates = trust_coeff * w_norms / (g_norms + weight_decay * w_norms + eps)
-    rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
-    if trust_clip:
-        rates = torch.clamp(rates / lr, max=1.0)
+    rates = local_rates(params, grads, lr=lr, weight_decay=weight_decay, trust_coeff=trust_coeff, eps=eps,
+                        trust_clip=trust_clip)
     if weight_decay != 0.0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     directions = torch._foreach_mul(grads, list(rates.to(params[0].dtype).unbind()))
@@ -190,11 +196,8 @@ class LARS(Optimizer):
                        trust_coeff=group["trust_coeff"], eps=group["eps"], trust_clip=group["trust_clip"], **fixed)
             return
         # a CPU, eager: one blocked update per tensor, its local rate a Python float (free to read there)
-        w_norms, g_norms = tensor_norms(params), tensor_norms(grads)
-        rates = group["trust_coeff"] * w_norms / (g_norms + wd * w_norms + group["eps"])
-        rates = torch.where((w_norms > 0) & (g_norms > 0), rates, torch.ones_like(rates))
-        if group["trust_clip"]:
-            rates = torch.clamp(rates / lr, max=1.0)
+        rates = local_rates(params, grads, lr=lr, weight_decay=wd, trust_coeff=group["trust_coeff"], eps=group["eps"],
+                            trust_clip=group["trust_clip"])
         for i, rate in enumerate(rates.tolist()):
             self._call(self._update, [params[i]], [grads[i]], buffers[i:i + 1], first, group["dampening"], rate=rate,
                        weight_decay=wd, **fixed)
