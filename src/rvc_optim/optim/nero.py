@@ -47,7 +47,7 @@ from rvc_optim.optim._foreach import (
     scalar_dtype,
 )
 
-__all__ = ["Nero", "is_constrained", "neuron_norms", "project_"]
+__all__ = ["Nero", "is_constrained", "neuron_norms", "project_", "reproject_"]
 
 # A row already within this distance of the constraint set (zero mean, unit norm) is left as it is
 # when the optimizer is built, so that rebuilding it on projected weights (a resume) changes no bit.
@@ -91,6 +91,26 @@ def project_(tensors: list[Tensor], keep_on_constraint: bool = False) -> None:
         p.copy_(projected.view_as(p))
 
 
+def reproject_(tensors: list[Tensor]) -> None:
+    """:func:`project_` for tensors one step away from the constraint set, in place: two reading passes
+    (row sums, row norms) and one writing pass, ``p <- (p - mean) / norm`` as one fused op, with no
+    temporary the size of a tensor (:func:`project_` makes three, which cost Nero two thirds of its step
+    on RVC's discriminator). The centred norm is taken as ``sqrt(||p||^2 - n mean^2)``: one step from the
+    set each row's mean is about lr times its norm, so the subtraction loses nothing worth the name."""
+    for p in tensors:
+        rows = _rows(p)
+        n = rows.shape[1]
+        mean = rows.sum(dim=1, keepdim=True) / n
+        centred_sq = torch.linalg.vector_norm(rows, dim=1, keepdim=True).square_() - n * mean * mean
+        norm = centred_sq.clamp_min_(0).sqrt_()
+        inv = torch.where(norm > 0, norm, torch.ones_like(norm)).reciprocal_()
+        shift = -mean * inv
+        if p.is_contiguous():  # rows is a view of p: written in place
+            torch.addcmul(shift, rows, inv, out=rows)
+        else:
+            p.copy_(torch.addcmul(shift, rows, inv).view_as(p))
+
+
 def _frozen(group: dict[str, Any]) -> bool:
     """A group whose lr is the number 0 is left alone: no step, no projection (a tensor lr is never read
     on the host)."""
@@ -118,7 +138,7 @@ def nero_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Ten
     torch._foreach_div_(denoms, list(steps.unbind()))
     torch._foreach_clamp_min_(denoms, torch.finfo(denoms[0].dtype).tiny)
     torch._foreach_addcdiv_(params, grads, denoms, value=-1.0)
-    project_([p for p, c in zip(params, constrained) if c])
+    reproject_([p for p, c in zip(params, constrained) if c])
 
 
 class Nero(Optimizer):
