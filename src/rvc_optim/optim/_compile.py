@@ -377,7 +377,7 @@ _EXAMPLE_NUMEL = 1 << 16
 
 # The multi-tensor ops the updates use, traced as one op per tensor (see _per_tensor_decompositions).
 _FOREACH_OPS = ("abs", "add", "addcdiv", "addcmul", "clamp_max", "clamp_min", "copy", "div", "exp", "lerp", "log",
-                "maximum", "minimum", "mul", "neg", "norm", "pow", "rsqrt", "sign", "sqrt", "sub", "zero")
+                "log1p", "maximum", "minimum", "mul", "neg", "norm", "pow", "rsqrt", "sign", "sqrt", "sub", "zero")
 
 
 def _per_tensor(name: str, inplace: bool, overload: str) -> Callable[..., Any]:

@@ -231,27 +231,21 @@ def ranger21_update(
     variances: list[Tensor],
     max_variances: list[Tensor],
     *,
-    lr: Tensor,
     neg_step_size: Tensor,
     sqrt_bias_correction2: Tensor,
-    sigma: Tensor,
     beta1: float,
     beta2: float,
     eps: float,
-    weight_decay: float,
-    normloss_factor: float,
     softplus: bool,
     beta_softplus: float,
     amsgrad: bool,
 ) -> None:
-    """Second pass (Adam/PNM core): stable decay, norm loss, then the PNM step.
+    """Second pass, the Adam/PNM core, after :func:`_stable_decay_` and :func:`_norm_loss_` (which need
+    whole tensors): elementwise, so it runs by cache-sized blocks on a CPU and by flat chunks compiled.
 
     ``pos_moments``/``neg_moments`` are (grad_ma, neg_grad_ma) on odd steps and swapped on even
     steps; ``neg_step_size`` is -lr_t / (1 - beta1^t).
     """
-    _stable_decay_(params, lr, sigma, weight_decay)
-    _norm_loss_(params, lr, normloss_factor, eps)
-
     if amsgrad:
         torch._foreach_maximum_(max_variances, variances)
         denom = torch._foreach_sqrt(max_variances)
@@ -281,24 +275,17 @@ def ranger21_madgrad_update(
     sums: list[Tensor],
     x0s: list[Tensor],
     *,
-    lr: Tensor,
     lamb: Tensor,
-    sigma: Tensor,
-    eps: float,
-    weight_decay: float,
-    normloss_factor: float,
     momentum: float,
     softplus: bool,
     beta_softplus: float,
 ) -> None:
-    """Second pass (MADGRAD core): stable decay (with lambda_t), norm loss, dual averaging.
+    """Second pass, the MADGRAD core (dual averaging), after :func:`_stable_decay_` (with lambda_t) and
+    :func:`_norm_loss_`: elementwise, as :func:`ranger21_update`.
 
     ``lamb`` is lambda_t = lr_t * sqrt(t); ``x0s`` is empty when momentum is 0 (x0 is then
     recovered from p, s and the accumulator before they change).
     """
-    _stable_decay_(params, lamb, sigma, weight_decay)
-    _norm_loss_(params, lr, normloss_factor, eps)
-
     if momentum == 0.0:
         rms = torch._foreach_pow(grad_sum_sqs, 1.0 / 3.0)
         if softplus:
@@ -529,8 +516,8 @@ class Ranger21(Optimizer):
         # Unit norms, means and standard deviations per tensor: these passes take whole tensors. The
         # normalisation skips tensors of two elements or fewer: compiled, those run eagerly (min_numel).
         self._prepare = UpdateFunction(ranger21_prepare, compiled, elementwise=False, min_numel=3)
-        self._update = UpdateFunction(ranger21_update, compiled, elementwise=False)
-        self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled, elementwise=False)
+        self._update = UpdateFunction(ranger21_update, compiled)
+        self._madgrad_update = UpdateFunction(ranger21_madgrad_update, compiled)
         self._merge = UpdateFunction(lookahead_merge, compiled)
         if self.logging_active:
             self._log_settings(lr, weight_decay)
@@ -702,29 +689,29 @@ class Ranger21(Optimizer):
             for (t, device, dtype), b in buckets.items():
                 states = b["states"]
                 sigma_here = sigma.to(device=device, dtype=scalar_dtype(dtype))
+                lr_t = scalar(lr, device, dtype)
                 if self.use_madgrad:
+                    lamb = scalar(lr * math.sqrt(t), device, dtype)
+                    _stable_decay_(b["params"], lamb, sigma_here, group["weight_decay"])
+                    _norm_loss_(b["params"], lr_t, normloss_factor, group["eps"])
                     self._madgrad_update(
                         b["params"], b["grads"], [s["grad_sum_sq"] for s in states], [s["s"] for s in states],
                         [s["x0"] for s in states] if group["momentum"] != 0.0 else [],
-                        lr=scalar(lr, device, dtype), lamb=scalar(lr * math.sqrt(t), device, dtype), sigma=sigma_here,
-                        eps=group["eps"], weight_decay=group["weight_decay"], normloss_factor=normloss_factor,
-                        momentum=group["momentum"], softplus=self.softplus, beta_softplus=self.beta_softplus,
-                        device_type=device.type,
+                        lamb=lamb, momentum=group["momentum"], softplus=self.softplus,
+                        beta_softplus=self.beta_softplus, device_type=device.type,
                     )
                     continue
+                _stable_decay_(b["params"], lr_t, sigma_here, group["weight_decay"])
+                _norm_loss_(b["params"], lr_t, normloss_factor, group["eps"])
                 first, second = [s["grad_ma"] for s in states], [s["neg_grad_ma"] for s in states]
                 pos, neg = (first, second) if t % 2 == 1 else (second, first)
                 self._update(
                     b["params"], b["grads"], pos, neg, [s["variance_ma"] for s in states],
                     [s["max_variance_ma"] for s in states] if self.amsgrad else [],
-                    lr=scalar(lr, device, dtype),
                     neg_step_size=scalar(-(lr / bias_correction(beta1, t)), device, dtype),
                     sqrt_bias_correction2=scalar(math.sqrt(bias_correction(beta2, t)), device, dtype),
-                    sigma=sigma_here,
-                    beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                    normloss_factor=normloss_factor, softplus=self.softplus, beta_softplus=self.beta_softplus,
-                    amsgrad=self.amsgrad,
-                    device_type=device.type,
+                    beta1=beta1, beta2=beta2, eps=group["eps"], softplus=self.softplus,
+                    beta_softplus=self.beta_softplus, amsgrad=self.amsgrad, device_type=device.type,
                 )
             if self.lookahead_active and step % self.lookahead_mergetime == 0:
                 for (_, device, _), b in buckets.items():
