@@ -6,9 +6,16 @@ warm-up differs (1-based counter, the constructor's lr as every group's target).
 This is not the 2024 APOLLO (``pytorch_optimizer.APOLLO``): nothing here is a low-rank projection.
 
 Tolerances: the same operations in the same order (the secant sums as products summed, the stable
-decay as wd / mean(D) divided, not multiplied by a reciprocal): measured over 200 steps, parameters and
-all three states agree bit for bit in all six configurations, so parameters are held to rtol 0 and the
-states to the project's 1e-9.
+decay as wd / mean(D) divided, not multiplied by a reciprocal), but for one: ||d||_4 is taken as
+sqrt(||d * d||_2), where the reference's ``torch.norm(d, 4)`` raises each element to a power with std::pow
+(40% of a step on RVC's discriminator, 1.5-1.8x slower overall). The two round the norm differently in
+the last bit. Measured over 200 float64 steps: the constant rebound and the belief rebound with L2 or
+decoupled decay stay within rtol 1e-9 (parameters and states; the tightest each passes is 1e-11 to 1e-9).
+With the belief rebound and stable decay that last-bit difference is amplified by the dynamics, by about
+1.3x a step from step ~180 (parameters 4e-13 absolute at step 183, 1.9e-11 at step 197; the Hessian
+approximation 1.2e-10 at step 200, on a bias of about 5e-3): that configuration alone also takes an
+absolute tolerance of 1e-10 (parameters) and 5e-10 (states). Bit-for-bit agreement held before the
+4-norm changed (2026-12-07).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ ApolloDQN = import_pytorch_optimizer("ApolloDQN")
 STATE_KEYS = {"exp_avg_grad": "exp_avg_grad", "approx_hessian": "approx_hessian", "update": "update"}
 GROUPS = [{"lr": 1e-2, "weight_decay": 1e-3}, {"lr": 4e-3, "weight_decay": 0.0}]
 CONFIGS = [(rebound, kind) for rebound in ("constant", "belief") for kind in ("L2", "decoupled", "stable")]
+# The one configuration whose dynamics amplify a last-bit difference (see the module docstring).
+AMPLIFIED = {("belief", "stable"): {"atol": 1e-10, "state_atol": 5e-10}}
 
 
 @pytest.mark.parametrize("rebound,kind", CONFIGS)
@@ -56,8 +65,9 @@ def test_parity_with_apollo_dqn(rebound, kind):
                                  weight_decay_type=kind.lower()),
         GROUPS,
         STATE_KEYS,
-        rtol=0.0,
+        rtol=1e-9,
         state_rtol=1e-9,
+        **AMPLIFIED.get((rebound, kind), {}),
     )
     assert all(group["step"] == 200 for group in ours.param_groups)
 
@@ -71,7 +81,7 @@ def test_parity_in_small_cpu_batches(monkeypatch):
                               weight_decay_type="stable"),
         lambda groups: ApolloDQN(groups, lr=1e-2, rebound="belief", warmup_steps=0, init_lr=1e-5,
                                  weight_decay_type="stable"),
-        GROUPS, STATE_KEYS, steps=50, rtol=0.0, state_rtol=1e-9,
+        GROUPS, STATE_KEYS, steps=50, rtol=1e-9, state_rtol=1e-9,
     )
 
 

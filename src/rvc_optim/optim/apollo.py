@@ -85,7 +85,9 @@ def apollo_update(
     if belief:
         rebounds = per_tensor_scalars(torch.stack(torch._foreach_norm(deltas, float("inf"))))
     torch._foreach_add_(exp_avgs, deltas, alpha=alpha)
-    norms = per_tensor_scalars(torch.stack(torch._foreach_norm(updates, 4)).add_(eps))
+    # ||d||_4 as sqrt(||d * d||_2): torch's 4-norm raises each element to a power with std::pow (on a CPU
+    # 40% of a step on RVC's discriminator); this squares with a multiply and takes a 2-norm
+    norms = per_tensor_scalars(torch.stack(torch._foreach_norm(torch._foreach_mul(updates, updates))).sqrt_().add_(eps))
     torch._foreach_div_(updates, norms)  # d -> dn
     squares = torch._foreach_mul(updates, updates)
     torch._foreach_div_(deltas, norms)
@@ -144,6 +146,8 @@ class Apollo(Optimizer):
           whenever every parameter gets a gradient at every step.
         * no host reads: ||d||_4, the secant sums and the belief rebound stay on the device (the authors'
           'stable' decay reads mean(D) with ``.item()``); the gradient is not modified.
+        * ||d||_4 is sqrt(||d * d||_2) (the authors' ``torch.norm(d, 4)`` uses std::pow per element, 1.5-1.8x
+          slower overall on a CPU): equal but for the last bit of the norm.
     """
 
     read_only_state = ()
