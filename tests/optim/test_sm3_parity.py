@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rvc_optim.optim.sm3 import SM3
+from rvc_optim.optim.sm3 import SM3, _max_over_rows
 from tests.optim.kernel_parity import compare_on_shapes
 from tests.optim.parity import run_parity
 
@@ -84,3 +84,11 @@ def test_parity_in_small_cpu_batches(monkeypatch):
     monkeypatch.setattr("rvc_optim.optim._compile.BLOCK_NUMEL", 10)
     run_parity(lambda g: SM3(g, momentum=0.9), lambda g: Reference(g, momentum=0.9), GROUPS,
                {**ACCUMULATORS, "momentum_buffer": "momentum_buffer"}, steps=50)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (64, 5), (1024, 1), (6, 2000), (96, 11)])
+def test_folded_max_over_rows_is_amax(shape):
+    """The accumulators' max over a kernel's leading dimensions, folded for speed, is torch's amax exactly
+    (odd and even row counts, one column, more columns than the fold's width)."""
+    rows = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(_max_over_rows(rows), rows.amax(dim=0))

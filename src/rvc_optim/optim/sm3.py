@@ -125,8 +125,20 @@ def _maxima_of_full_rank(t: Tensor) -> list[Tensor]:
     last = t.amax(dim=-1, keepdim=True)
     lead = list(range(t.dim() - 1))
     out = [last.amax(dim=[d for d in lead if d != i], keepdim=True) if t.dim() > 2 else last for i in lead]
-    out.append(t.reshape(-1, t.shape[-1]).amax(dim=0).view([1] * (t.dim() - 1) + [t.shape[-1]]))
+    out.append(_max_over_rows(t.reshape(-1, t.shape[-1])).view([1] * (t.dim() - 1) + [t.shape[-1]]))
     return out
+
+
+def _max_over_rows(rows: Tensor, width: int = 1024) -> Tensor:
+    """``rows.amax(dim=0)`` for an [m, c] tensor, with k rows folded into one first (k * c up to
+    ``width`` columns, k dividing m): torch reduces the first dimension of a tensor with few columns (a
+    conv kernel's k) slowly, 130 ms a step for SM3 on RVC's generator against 17 ms folded. Exact: a
+    maximum does not round."""
+    m, c = rows.shape
+    k = 1
+    while 2 * k * c <= width and m % (2 * k) == 0:
+        k *= 2
+    return rows.reshape(m // k, k * c).amax(dim=0).view(k, c).amax(dim=0)
 
 
 class SM3(Optimizer):
