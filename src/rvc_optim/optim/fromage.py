@@ -79,7 +79,9 @@ class Fromage(Optimizer):
             check_positive(p_bound, "p_bound")
         self.p_bound = p_bound
         super().__init__(params, dict(lr=lr))
-        self._update = UpdateFunction(fromage_update, compiled, elementwise=False, flat=True)
+        # auto stays eager on a CPU: compiled, the step was 1.85x the floor against 1.90x eager on G+D, which
+        # repays a 22 s build only after about 4,900 steps (benchmarks/results/step_time_cpu_default_rerun.md)
+        self._update = UpdateFunction(fromage_update, compiled, elementwise=False, flat=True, cpu_auto=False)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -103,11 +105,5 @@ class Fromage(Optimizer):
                     maxima = [self.state[x]["max"] for x in p]
                 lr_t = scalar(lr, device, dtype)
                 scalars = dict(lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
-                if device.type == "cpu" and self._update.compiled is None:
-                    # auto stays eager on a CPU: compiled, the step was 1.85x the floor against 1.90x eager on
-                    # G+D, which repays a 22 s build only after about 4,900 steps (benchmarks/results/
-                    # step_time_cpu_default_rerun.md); compiled=True still compiles
-                    fromage_update(p, g, maxima, **scalars)
-                else:
-                    self._update(p, g, maxima, device_type=device.type, **scalars)
+                self._update(p, g, maxima, device_type=device.type, **scalars)
         return loss
