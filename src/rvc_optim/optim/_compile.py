@@ -30,7 +30,8 @@ The choice between eager and compiled:
   default): compile on CUDA, and on a CPU for an elementwise (or ``flat``) update of at least
   :data:`CPU_AUTO_COMPILE_NUMEL` elements, where the cold build (14-46 s on 2 cores) pays for itself
   within 1,000 steps (measured on RVC's sets: ``benchmarks/results/step_time_cpu_default_*.md``).
-  A small model (the demo's) stays eager, where a build would not pay.
+  A small model (the demo's) stays eager, where a build would not pay, and so does an update built with
+  ``cpu_auto=False`` (one measured not to repay its build on a CPU: Fromage's).
 
 A compiled update that fails to build falls back to the eager function with one warning.
 
