@@ -690,10 +690,11 @@ class Ranger21(Optimizer):
                 states = b["states"]
                 sigma_here = sigma.to(device=device, dtype=scalar_dtype(dtype))
                 lr_t = scalar(lr, device, dtype)
-                if self.use_madgrad:
-                    lamb = scalar(lr * math.sqrt(t), device, dtype)
-                    _stable_decay_(b["params"], lamb, sigma_here, group["weight_decay"])
-                    _norm_loss_(b["params"], lr_t, normloss_factor, group["eps"])
+                lamb = scalar(lr * math.sqrt(t), device, dtype) if self.use_madgrad else None
+                # the passes that need whole tensors; then the elementwise core (MADGRAD decays with lambda_t)
+                _stable_decay_(b["params"], lr_t if lamb is None else lamb, sigma_here, group["weight_decay"])
+                _norm_loss_(b["params"], lr_t, normloss_factor, group["eps"])
+                if lamb is not None:
                     self._madgrad_update(
                         b["params"], b["grads"], [s["grad_sum_sq"] for s in states], [s["s"] for s in states],
                         [s["x0"] for s in states] if group["momentum"] != 0.0 else [],
@@ -701,8 +702,6 @@ class Ranger21(Optimizer):
                         beta_softplus=self.beta_softplus, device_type=device.type,
                     )
                     continue
-                _stable_decay_(b["params"], lr_t, sigma_here, group["weight_decay"])
-                _norm_loss_(b["params"], lr_t, normloss_factor, group["eps"])
                 first, second = [s["grad_ma"] for s in states], [s["neg_grad_ma"] for s in states]
                 pos, neg = (first, second) if t % 2 == 1 else (second, first)
                 self._update(
