@@ -603,7 +603,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
             "Replaces Adam's per-element second moment of a matrix by running means of the squared "
             "gradient over its rows and over its columns, and rebuilds the full estimate as their "
             "normalised outer product. Tensors of three or four dimensions are factored over their last "
-            "two, as in the transformers and fairseq code. Its second-moment decay starts at zero and "
+            "two, as in the transformers and fairseq code; where the last is 1 (the discriminator's [O, I, "
+            "k, 1] kernels) that factorisation is exact and only the row means are kept. Its second-moment decay starts at zero and "
             "rises as 1 - t^-0.8, every update is scaled down to RMS at most 1, and by default the step "
             "is 1/sqrt(t) capped at 0.01 and multiplied by the parameter's own RMS. A first moment is "
             "optional."
@@ -616,7 +617,8 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         state=(
             "exp_avg_sq_row and exp_avg_sq_col for tensors of 2+ dims (an [out, in, k] kernel keeps "
             "out*in + out*k numbers: 1/3 of a full second moment on RVC's generator, as 1x1 convolutions "
-            "gain nothing); exp_avg_sq 1x for 1-D tensors; exp_avg 1x with beta1; a step count"
+            "gain nothing; an [O, I, k, 1] kernel keeps exp_avg_sq_row alone, 1x, since factoring a column "
+            "saves nothing); exp_avg_sq 1x for 1-D tensors; exp_avg 1x with beta1; a step count"
         ),
         floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={
@@ -793,8 +795,9 @@ RECORDS: tuple[OptimizerInfo, ...] = (
         ),
         state=(
             "exp_avg 1x; for tensors of 2+ dims two factored pairs (second moment and residual), each "
-            "out*in + out*k for an [out, in, k] kernel (1/3 of a full tensor on RVC's generator); "
-            "exp_avg_sq 1x for 1-D tensors; a step count"
+            "out*in + out*k for an [out, in, k] kernel (1/3 of a full tensor on RVC's generator), the row "
+            "means alone (1x each) for an [O, I, k, 1] kernel, whose factorisation is exact; exp_avg_sq "
+            "1x for 1-D tensors; a step count"
         ),
         floor_bytes_per_param=memory_floor(1, reduction=True),
         recommended={"lr": RVC_LR, "betas": (0.8, 0.99, 0.9999), "weight_decay": RVC_WEIGHT_DECAY},

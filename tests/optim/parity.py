@@ -61,6 +61,15 @@ def two_groups(model: nn.Module, options: Sequence[Mapping[str, Any]]) -> list[d
     return [{"params": first, **options[0]}, {"params": second, **options[1]}]
 
 
+def state_value(mine: Mapping[str, Any], our_key: str, ref_key: str,
+                derived_state: Mapping[str, Callable[[Mapping[str, Any]], torch.Tensor]] | None, what: str) -> Any:
+    """Our state for the reference's ``ref_key``: kept under ``our_key``, or else derived from what is kept."""
+    if our_key not in mine and derived_state and ref_key in derived_state:
+        return derived_state[ref_key](mine)
+    assert our_key in mine, f"{what} lacks state {our_key!r} (reference {ref_key!r})"
+    return mine[our_key]
+
+
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str, rtol: float, atol: float) -> None:
     ours, ref = ours.detach(), ref.detach()
     assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} vs reference {tuple(ref.shape)}"
@@ -83,11 +92,14 @@ def run_parity(
     before_step: Callable[[torch.optim.Optimizer, torch.optim.Optimizer], None] | None = None,
     state_every: int = 50,
     loss_scale: float = 1.0,
+    derived_state: Mapping[str, Callable[[dict[str, Any]], torch.Tensor]] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, nn.Module, nn.Module]:
     """Step both for ``steps`` steps; compare parameters every step and state every ``state_every``.
 
     ``state_keys`` maps our per-parameter state keys to the reference's; keys not listed are not
-    compared. Returns both optimizers and models for further checks (train/eval round trips).
+    compared. ``derived_state`` maps a reference key that ours may leave out (a statistic that follows
+    from what it keeps) to its value computed from our state. Returns both optimizers and models for
+    further checks (train/eval round trips).
     """
     ours_model, ref_model = make_model(), make_model()
     ours = make_ours(two_groups(ours_model, group_options))
@@ -107,19 +119,18 @@ def run_parity(
         if state_keys and (step % state_every == 0 or step == steps):
             compare_state(ours, ref, ours_model, ref_model, state_keys, f"step {step}",
                           state_rtol if state_rtol is not None else rtol,
-                          state_atol if state_atol is not None else atol)
+                          state_atol if state_atol is not None else atol, derived_state)
     return ours, ref, ours_model, ref_model
 
 
-def compare_state(ours, ref, ours_model, ref_model, state_keys, when, rtol, atol) -> None:
+def compare_state(ours, ref, ours_model, ref_model, state_keys, when, rtol, atol, derived_state=None) -> None:
     for (name, p), q in zip(ours_model.named_parameters(), ref_model.parameters()):
         mine, theirs = ours.state.get(p, {}), ref.state.get(q, {})
         for our_key, ref_key in state_keys.items():
             if ref_key not in theirs:
                 assert our_key not in mine or mine[our_key] is None, f"{when}: {name} has {our_key}, reference has none"
                 continue
-            assert our_key in mine, f"{when}: {name} lacks state {our_key!r} (reference {ref_key!r})"
-            a, b = mine[our_key], theirs[ref_key]
+            a, b = state_value(mine, our_key, ref_key, derived_state, f"{when}: {name}"), theirs[ref_key]
             a = a if isinstance(a, torch.Tensor) else torch.tensor(a, dtype=DTYPE)
             b = b if isinstance(b, torch.Tensor) else torch.tensor(b, dtype=DTYPE)
             assert_close(a.to(DTYPE), b.to(DTYPE), f"{when}: state {our_key} of {name}", rtol, atol)

@@ -29,6 +29,12 @@ STATE_KEYS = {
     "exp_avg_sq_col": "exp_avg_sq_col",
     "exp_avg_sq": "exp_avg_sq",
 }
+# A kernel whose last dimension is 1 (a weight-norm magnitude [O, 1, 1], a Conv2d kernel [O, I, k, 1])
+# keeps no column averages: they are the means of its row averages over their last dimension, which is
+# what the reference's column averages are compared with.
+COLUMN_STATE = {
+    "exp_avg_sq_col": lambda st: st["exp_avg_sq_row"].mean(-1, keepdim=True),
+}
 
 CONFIGS = {
     # relative_step, warmup_init, scale_parameter, beta1
@@ -53,6 +59,7 @@ def test_parity_with_transformers(config):
         lambda groups: Reference(groups, **kwargs),
         _groups(kwargs["relative_step"]),
         STATE_KEYS,
+        derived_state=COLUMN_STATE,
     )
     kernel = model.wn_conv.parametrizations.weight.original1
     assert kernel.shape == (8, 8, 3)  # in == out: the case torch-optimizer gets wrong
@@ -68,9 +75,12 @@ def test_4d_conv_kernels_match_transformers():
     """Conv2d-shaped kernels (RVC's period discriminator), with in == out and an [O, I, k, 1] kernel."""
     kw = dict(relative_step=False, scale_parameter=True, beta1=0.8)
     params, opt = compare_on_shapes(lambda g: AdaFactor(g, **kw), lambda g: Reference(g, **kw), SHAPES_4D, 3,
-                                    [{"lr": 1e-2, "weight_decay": 0.05}, {"lr": 3e-3}], list(STATE_KEYS))
+                                    [{"lr": 1e-2, "weight_decay": 0.05}, {"lr": 3e-3}], list(STATE_KEYS),
+                                    derived_state=COLUMN_STATE)
     assert opt.state[params[0]]["exp_avg_sq_row"].shape == (6, 6, 3)
     assert opt.state[params[0]]["exp_avg_sq_col"].shape == (6, 6, 3)
+    column = opt.state[params[2]]  # [4, 4, 5, 1]: the reference's R and C, with C = mean_last(R)
+    assert column["exp_avg_sq_row"].shape == (4, 4, 5) and "exp_avg_sq_col" not in column
 
 
 def test_factored_state_is_the_outer_product_of_the_last_two_dims():
@@ -136,4 +146,5 @@ def test_parity_in_small_cpu_batches(monkeypatch):
     tensors, the lists are cut in many places, and every cut must keep each tensor with its state."""
     monkeypatch.setattr("rvc_optim.optim._compile.BLOCK_NUMEL", 10)
     run_parity(lambda g: AdaFactor(g, **CONFIGS["external-lr-unscaled-beta1"]),
-               lambda g: Reference(g, **CONFIGS["external-lr-unscaled-beta1"]), _groups(False), STATE_KEYS, steps=50)
+               lambda g: Reference(g, **CONFIGS["external-lr-unscaled-beta1"]), _groups(False), STATE_KEYS, steps=50,
+               derived_state=COLUMN_STATE)

@@ -20,6 +20,8 @@ Factorisation of conv kernels: like the parity reference (``transformers.optimiz
 the fairseq algorithm) the last two dimensions are factored and the leading ones kept, so an
 [out, in, k] kernel keeps R of shape [out, in] and C of shape [out, k], and a 4-D [out, in, kh, kw]
 kernel R [out, in, kh] and C [out, in, kw]; R is normalised by its mean over its own last dimension.
+Where kw = 1 (RVC's period discriminator) the factored matrices are columns and the factorisation is
+exact, V = R: such a kernel keeps R alone and skips the two means (see :func:`factoring`).
 (torch-optimizer's port normalises R without keepdim: it raises on most 3-D shapes and is silently
 wrong when in == out, as in RVC's [192, 192, k] convolutions.)
 
@@ -52,8 +54,8 @@ from rvc_optim.optim._foreach import (
     step_counter,
 )
 
-__all__ = ["AdaFactor", "adafactor_update", "by_device_and_dtype", "check_eps_pair", "clipped_scale",
-           "factored_second_moment_"]
+__all__ = ["COLUMN", "MATRIX", "VECTOR", "AdaFactor", "adafactor_update", "by_device_and_dtype", "check_eps_pair",
+           "clipped_scale", "factored_second_moment_", "factoring"]
 
 
 def check_eps_pair(eps: Any) -> None:
@@ -70,23 +72,51 @@ def _mean_of_last_dim(t: Tensor) -> Tensor:
     return t.select(-1, 0) if t.shape[-1] == 1 else t.mean(dim=-1)
 
 
+def factoring(p: Tensor) -> int:
+    """How a tensor's second moment is kept, as the sort key that orders the update's lists:
+    :data:`MATRIX` (row and column averages), :data:`COLUMN` (row averages alone) or :data:`VECTOR`
+    (the full average).
+
+    A tensor with ndim >= 2 whose last dimension has size 1 (a Conv2d kernel [O, I, k, 1], as in RVC's
+    discriminator, or a weight-norm magnitude [O, 1, 1]) factors into columns: the outer product of a
+    column's normalised row averages with its one column average is the column itself (``C`` and
+    ``mean_last(R)`` follow the same recursion from zero), so ``V = R`` exactly and ``C`` is not kept.
+    """
+    if p.dim() < 2:
+        return VECTOR
+    return COLUMN if p.shape[-1] == 1 else MATRIX
+
+
+MATRIX, COLUMN, VECTOR = 0, 1, 2
+
+
 def factored_second_moment_(
     grads: list[Tensor], squares: list[Tensor], rows: list[Tensor], cols: list[Tensor], weights: list[Tensor] | float
 ) -> list[Tensor]:
     """Fold ``squares`` (same shapes as ``grads``, ndim >= 2) into the row and column averages with
     ``x <- x + weights * (mean - x)``, and return ``grads / sqrt(V)`` with ``V = (R / mean_last(R)) (x) C``.
 
-    The means over one dimension are per-tensor reductions with no multi-tensor op in torch: they are
-    the one loop over tensors here. Everything else is a multi-tensor op over the whole lists.
+    The first ``len(cols)`` tensors are matrices; the rest are columns (see :func:`factoring`), whose
+    ``V`` is ``R`` itself. The means over one dimension are per-tensor reductions with no multi-tensor op
+    in torch: they are the one loop over tensors here. Everything else is a multi-tensor op over the
+    whole lists.
     """
+    n = len(cols)
     torch._foreach_lerp_(rows, [_mean_of_last_dim(s) for s in squares], weights)
-    torch._foreach_lerp_(cols, [s.mean(dim=-2) for s in squares], weights)
-    row_factors = torch._foreach_div(rows, [r.mean(dim=-1, keepdim=True) for r in rows])
-    torch._foreach_rsqrt_(row_factors)
-    col_factors = torch._foreach_rsqrt(cols)
-    out = torch._foreach_mul(grads, [r.unsqueeze(-1) for r in row_factors])
-    torch._foreach_mul_(out, [c.unsqueeze(-2) for c in col_factors])
-    return list(out)
+    out: list[Tensor] = []
+    if n:
+        torch._foreach_lerp_(cols, [s.mean(dim=-2) for s in squares[:n]],
+                             weights[:n] if isinstance(weights, list) else weights)
+        row_factors = torch._foreach_div(rows[:n], [r.mean(dim=-1, keepdim=True) for r in rows[:n]])
+        torch._foreach_rsqrt_(row_factors)
+        col_factors = torch._foreach_rsqrt(cols)
+        out = list(torch._foreach_mul(grads[:n], [r.unsqueeze(-1) for r in row_factors]))
+        torch._foreach_mul_(out, [c.unsqueeze(-2) for c in col_factors])
+    if len(rows) > n:
+        columns = torch._foreach_rsqrt(rows[n:])
+        torch._foreach_mul_(columns, [g.squeeze(-1) for g in grads[n:]])
+        out += [c.unsqueeze(-1) for c in columns]
+    return out
 
 
 def clipped_scale(updates: list[Tensor], clip_threshold: float, scale: Tensor | float = 1.0) -> Tensor:
@@ -117,8 +147,8 @@ def adafactor_update(
     relative_step: bool,
     warmup_init: bool,
 ) -> None:
-    """One step over lists whose first ``len(rows)`` tensors are factored (ndim >= 2) and whose last
-    ``len(exp_avg_sqs)`` are not; ``exp_avgs`` is empty without beta1. Per-tensor values (the step's
+    """One step over lists whose first ``len(rows)`` tensors are factored (ndim >= 2: matrices, the first
+    ``len(cols)``, then columns; see :func:`factoring`) and whose last ``len(exp_avg_sqs)`` are not; ``exp_avgs`` is empty without beta1. Per-tensor values (the step's
     decay, alpha, the clip) are 1-d tensors applied with multi-tensor ops over 0-d views."""
     torch._foreach_add_(steps, 1.0)
     t = torch.stack(steps).to(params[0].dtype if params[0].dtype == torch.float64 else torch.float32)
@@ -227,18 +257,20 @@ class AdaFactor(Optimizer):
             params, _ = params_with_grad(group, "AdaFactor")
             beta1, (eps1, eps2) = group["beta1"], group["eps"]
             for (device, dtype), indices in by_device_and_dtype(params).items():
-                # Factored tensors first: the update takes them as one prefix of every list.
-                p = sorted((params[i] for i in indices), key=lambda q: q.dim() < 2)
+                # Matrices, then columns, then vectors: the update takes each as a prefix or suffix.
+                p = sorted((params[i] for i in indices), key=factoring)
                 g = [q.grad for q in p]
                 states = [self.state[q] for q in p]
                 steps = [state_tensor(st, "step", q, step_counter) for st, q in zip(states, p)]
                 rows, cols, sqs = [], [], []
                 for st, q in zip(states, p):
-                    if q.dim() >= 2:
+                    kind = factoring(q)
+                    if kind != VECTOR:
                         row_shape, col_shape = q.shape[:-1], q.shape[:-2] + q.shape[-1:]
                         rows.append(state_tensor(st, "exp_avg_sq_row", q, lambda x: x.new_zeros(row_shape)))
+                    if kind == MATRIX:
                         cols.append(state_tensor(st, "exp_avg_sq_col", q, lambda x: x.new_zeros(col_shape)))
-                    else:
+                    elif kind == VECTOR:
                         sqs.append(state_tensor(st, "exp_avg_sq", q))
                 avgs = [state_tensor(st, "exp_avg", q) for st, q in zip(states, p)] if beta1 is not None else []
                 run_by_tensor_batches(

@@ -18,7 +18,8 @@ Update for a parameter p with gradient g (eps1, eps2 = eps; no bias correction a
     p <- p - lr * weight_decay * p - lr * step
 
 Matrices and kernels are factored over their last two dimensions, as in AdaFactor (the helpers are
-shared with :mod:`rvc_optim.optim.adafactor`). Pick it for AdaFactor's memory saving on the second
+shared with :mod:`rvc_optim.optim.adafactor`); a kernel whose last dimension is 1 factors exactly into
+columns and keeps its row averages alone. Pick it for AdaFactor's memory saving on the second
 moment with a momentum whose steps shrink where the momentum disagrees with the current update.
 """
 
@@ -46,10 +47,13 @@ from rvc_optim.optim._foreach import (
     step_counter,
 )
 from rvc_optim.optim.adafactor import (
+    COLUMN,
+    VECTOR,
     by_device_and_dtype,
     check_eps_pair,
     clipped_scale,
     factored_second_moment_,
+    factoring,
 )
 
 __all__ = ["CAME", "came_update"]
@@ -75,7 +79,8 @@ def came_update(
     beta3: float,
     weight_decay: float,
 ) -> None:
-    """One step over lists whose first ``len(rows)`` tensors are factored (ndim >= 2) and whose last
+    """One step over lists whose first ``len(rows)`` tensors are factored (ndim >= 2: matrices, the first
+    ``len(cols)``, then columns; see :func:`~rvc_optim.optim.adafactor.factoring`) and whose last
     ``len(exp_avg_sqs)`` are not."""
     torch._foreach_add_(steps, 1.0)
     squares = torch._foreach_mul(grads, grads)
@@ -152,19 +157,22 @@ class CAME(Optimizer):
             beta1, beta2, beta3 = group["betas"]
             eps1, eps2 = group["eps"]
             for (device, dtype), indices in by_device_and_dtype(params).items():
-                # Factored tensors first: the update takes them as one prefix of every list.
-                p = sorted((params[i] for i in indices), key=lambda q: q.dim() < 2)
+                # Matrices, then columns, then vectors: the update takes each as a prefix or suffix.
+                p = sorted((params[i] for i in indices), key=factoring)
                 states = [self.state[q] for q in p]
                 steps = [state_tensor(st, "step", q, step_counter) for st, q in zip(states, p)]
                 avgs = [state_tensor(st, "exp_avg", q) for st, q in zip(states, p)]
                 factored: dict[str, list[Tensor]] = {k: [] for k in ("row", "col", "res_row", "res_col")}
                 sqs = []
                 for st, q in zip(states, p):
-                    if q.dim() < 2:
+                    kind = factoring(q)
+                    if kind == VECTOR:
                         sqs.append(state_tensor(st, "exp_avg_sq", q))
                         continue
                     shapes = {"row": q.shape[:-1], "col": q.shape[:-2] + q.shape[-1:]}
                     for key, out in factored.items():
+                        if kind == COLUMN and key.endswith("col"):
+                            continue
                         shape = shapes[key.removeprefix("res_")]
                         name = f"exp_avg_res_{key[4:]}" if key.startswith("res_") else f"exp_avg_sq_{key}"
                         out.append(state_tensor(st, name, q, lambda x: x.new_zeros(shape)))
