@@ -54,6 +54,7 @@ from rvc_optim.optim.adafactor import (
     clipped_scale,
     factored_second_moment_,
     factoring,
+    inverse_sqrt_times_,
 )
 
 __all__ = ["CAME", "came_update"]
@@ -89,15 +90,14 @@ def came_update(
     updates = factored_second_moment_(grads[:n], squares[:n], rows, cols, 1.0 - beta2) if n else []
     if exp_avg_sqs:
         torch._foreach_lerp_(exp_avg_sqs, squares[n:], 1.0 - beta2)
-        rest = torch._foreach_rsqrt(exp_avg_sqs)
-        torch._foreach_mul_(rest, grads[n:])
-        updates += rest
+        updates += inverse_sqrt_times_(squares[n:], exp_avg_sqs, grads[n:])
     del squares
     torch._foreach_mul_(updates, list(clipped_scale(updates, clip_threshold).unbind()))
     torch._foreach_lerp_(exp_avgs, updates, 1.0 - beta1)
     steps_taken = exp_avgs[n:]
     if n:
-        residuals = torch._foreach_sub(updates[:n], exp_avgs[:n])
+        residuals = updates[:n]  # spent: the residuals are written over them
+        torch._foreach_sub_(residuals, exp_avgs[:n])
         torch._foreach_mul_(residuals, residuals)
         torch._foreach_add_(residuals, eps2)
         steps_taken = factored_second_moment_(exp_avgs[:n], residuals, res_rows, res_cols, 1.0 - beta3) + steps_taken
