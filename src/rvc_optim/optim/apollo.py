@@ -87,14 +87,23 @@ def apollo_update(
     torch._foreach_add_(exp_avgs, deltas, alpha=alpha)
     # ||d||_4 as sqrt(||d * d||_2): torch's 4-norm raises each element to a power with std::pow (on a CPU
     # 40% of a step on RVC's discriminator); this squares with a multiply and takes a 2-norm
-    norms = per_tensor_scalars(torch.stack(torch._foreach_norm(torch._foreach_mul(updates, updates))).sqrt_().add_(eps))
-    torch._foreach_div_(updates, norms)  # d -> dn
+    # Temporaries are written over spent ones where they can be: on a CPU a new tensor the size of a
+    # large kernel costs its page faults, more than a copy into memory already touched.
     squares = torch._foreach_mul(updates, updates)
+    norms = per_tensor_scalars(torch.stack(torch._foreach_norm(squares)).sqrt_().add_(eps))
+    torch._foreach_div_(updates, norms)  # d -> dn
+    torch._foreach_copy_(squares, updates)
+    torch._foreach_mul_(squares, updates)  # dn^2
     torch._foreach_div_(deltas, norms)
     torch._foreach_mul_(deltas, updates)  # delta / n * dn, in place: delta is not needed any more
-    secants = _sums(deltas).mul_(-alpha).sub_(_sums(torch._foreach_mul(hessians, squares)))
+    secants = _sums(deltas).mul_(-alpha)
+    for out, b, sq in zip(deltas, hessians, squares):
+        torch.mul(b, sq, out=out)
+    secants.sub_(_sums(deltas))
     torch._foreach_addcmul_(hessians, squares, list(secants.unbind()))  # B <- B + s * dn^2
-    denoms = torch._foreach_abs(hessians)
+    denoms = squares
+    for out, b in zip(denoms, hessians):
+        torch.abs(b, out=out)
     if belief:
         torch._foreach_maximum_(denoms, rebounds)
         torch._foreach_add_(denoms, eps / alpha)

@@ -62,7 +62,7 @@ def sm3_update(
     """``accumulators[i]`` holds the i-th accumulator of every tensor of rank above i (rank 0 and 1
     tensors: one full accumulator), so the lists shorten with i; tensors are sorted by falling rank."""
     accumulators = tuple(accs for accs in accumulators if accs)  # a batch of vectors has no second one
-    nu = torch._foreach_addcmul(_covers(accumulators), grads, grads)  # broadcast to the full shape
+    nu = _squares_over_covers(accumulators, grads)
     # The max over all dimensions but i has no multi-tensor op in torch: this loop is that reduction.
     maxima: list[list[Tensor]] = [[] for _ in accumulators]
     for v in nu:
@@ -79,12 +79,33 @@ def sm3_update(
     add_scaled_(params, nu, -lr)
 
 
-def _covers(accumulators: tuple[list[Tensor], ...]) -> list[Tensor]:
+def _squares_over_covers(accumulators: tuple[list[Tensor], ...], grads: list[Tensor]) -> list[Tensor]:
+    """``nu = cover + g * g`` per tensor, broadcast to the full shape. A cover that is already a new
+    tensor of the full shape (the min of a matrix's or a kernel's accumulators) takes the squares in
+    place: on a CPU another new tensor the size of a large kernel would cost its page faults."""
+    covers, fresh = _covers(accumulators)
+    nu = list(covers)
+    owned = [fresh[i] and c.shape == g.shape for i, (c, g) in enumerate(zip(covers, grads))]
+    in_place = [i for i, own in enumerate(owned) if own]
+    others = [i for i, own in enumerate(owned) if not own]
+    if in_place:
+        torch._foreach_addcmul_([covers[i] for i in in_place], [grads[i] for i in in_place],
+                                [grads[i] for i in in_place])
+    if others:
+        for i, t in zip(others, torch._foreach_addcmul([covers[i] for i in others], [grads[i] for i in others],
+                                                        [grads[i] for i in others])):
+            nu[i] = t
+    return nu
+
+
+def _covers(accumulators: tuple[list[Tensor], ...]) -> tuple[list[Tensor], list[bool]]:
     """For each tensor, the min over the accumulators that cover each element (broadcast, small ones
-    first). A size-1 dimension's accumulator holds the max over the whole tensor, never below another
-    one's, so it is left out of the min (a full-size pass fewer for conv kernels [O, I, k, 1]) unless
-    every dimension has size 1."""
+    first), and whether it is a new tensor (a min) rather than an accumulator itself. A size-1
+    dimension's accumulator holds the max over the whole tensor, never below another one's, so it is
+    left out of the min (a full-size pass fewer for conv kernels [O, I, k, 1]) unless every dimension
+    has size 1."""
     covers: list[Tensor | None] = [None] * len(accumulators[0])
+    fresh = [False] * len(covers)
     for accs in accumulators:
         used = [i for i, acc in enumerate(accs) if acc.numel() > 1]
         first = [i for i in used if covers[i] is None]
@@ -94,8 +115,8 @@ def _covers(accumulators: tuple[list[Tensor], ...]) -> list[Tensor]:
         if rest:
             mins = torch._foreach_minimum([covers[i] for i in rest], [accs[i] for i in rest])
             for i, m in zip(rest, mins):
-                covers[i] = m
-    return [c if c is not None else accumulators[0][i] for i, c in enumerate(covers)]
+                covers[i], fresh[i] = m, True
+    return [c if c is not None else accumulators[0][i] for i, c in enumerate(covers)], fresh
 
 
 def _maxima(t: Tensor) -> list[Tensor]:
