@@ -101,6 +101,42 @@ def test_factored_state_is_the_outer_product_of_the_last_two_dims():
     torch.testing.assert_close(p.detach(), start - 0.1 * g / v.sqrt(), rtol=1e-12, atol=0)
 
 
+def test_a_column_kernel_steps_by_its_row_means_alone():
+    """An [O, I, k, 1] kernel: the paper's V = (R / mean_last(R)) (x) C over the last two dims, written
+    out from zero state over three steps, equals R itself (C and mean_last(R) follow the same recursion),
+    and the kernel keeps R alone."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 3, 5, 1, dtype=torch.float64))
+    opt = AdaFactor([p], lr=0.1, relative_step=False, scale_parameter=False, clip_threshold=1e9)
+    r = torch.zeros(4, 3, 5, dtype=torch.float64)
+    c = torch.zeros(4, 3, 1, dtype=torch.float64)
+    expected = p.detach().clone()
+    for t in range(1, 4):
+        g = torch.randn(4, 3, 5, 1, dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        w, u = t**-0.8, g**2 + 1e-30
+        r, c = (1 - w) * r + w * u.mean(-1), (1 - w) * c + w * u.mean(-2)
+        v = (r / r.mean(-1, keepdim=True)).unsqueeze(-1) * c.unsqueeze(-2)
+        expected -= 0.1 * g / v.sqrt()
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(opt.state[p]["exp_avg_sq_row"], r, rtol=1e-12, atol=0)
+    assert set(opt.state[p]) == {"step", "exp_avg_sq_row"}
+
+
+def test_the_direction_is_written_over_the_spent_squares():
+    """No new tensor the size of a kernel per step for g / sqrt(V) (page faults on a CPU): each result
+    is the storage of the squares it was computed from, for matrices and columns alike."""
+    from rvc_optim.optim.adafactor import factored_second_moment_
+
+    grads = [torch.randn(6, 4, 3), torch.randn(5, 2, 3, 1)]
+    squares = [g * g for g in grads]
+    rows = [torch.zeros(6, 4), torch.zeros(5, 2, 3)]
+    out = factored_second_moment_(grads, squares, rows, [torch.zeros(6, 3)], 1.0)
+    assert [o.data_ptr() for o in out] == [s.data_ptr() for s in squares]
+    torch.testing.assert_close(out[1], grads[1] / grads[1].abs())  # w = 1: V = g^2, so U = sign(g)
+
+
 def test_torch_optimizer_port_is_wrong_when_in_equals_out():
     """The trap REFERENCES.md names: torch_optimizer's Adafactor normalises R without keepdim, which on
     an [O, O, k] kernel broadcasts along the wrong axis and runs without an error. Ours agrees with

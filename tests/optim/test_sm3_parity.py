@@ -92,3 +92,23 @@ def test_folded_max_over_rows_is_amax(shape):
     (odd and even row counts, one column, more columns than the fold's width)."""
     rows = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     assert torch.equal(_max_over_rows(rows), rows.amax(dim=0))
+
+
+def test_squares_are_added_in_place_to_new_covers_only():
+    """nu = min over the covering accumulators + g^2: written into the min where that is a new
+    full-size tensor (no second kernel-sized tensor per step), never into an accumulator (a vector's
+    cover is its accumulator)."""
+    from rvc_optim.optim.sm3 import _covers, _squares_over_covers
+
+    kernel, vector = torch.randn(4, 3, 5, 1), torch.randn(6)
+    accumulators = ([torch.rand(4, 1, 1, 1), torch.rand(6)], [torch.rand(1, 3, 1, 1)], [torch.rand(1, 1, 5, 1)],
+                    [torch.rand(1, 1, 1, 1)])
+    before = [[a.clone() for a in accs] for accs in accumulators]
+    covers, fresh = _covers(accumulators)
+    assert fresh == [True, False]
+    expected = [torch.addcmul(c, g, g) for c, g in zip(covers, (kernel, vector))]
+    nu = _squares_over_covers(accumulators, [kernel, vector])
+    torch.testing.assert_close(nu, expected, rtol=0, atol=0)
+    for accs, saved in zip(accumulators, before):
+        torch.testing.assert_close(accs, saved, rtol=0, atol=0)
+    assert nu[1].data_ptr() != accumulators[0][1].data_ptr()
