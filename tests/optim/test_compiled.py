@@ -256,3 +256,32 @@ def test_auto_decides_by_the_update_size_and_keeps_whole_tensor_updates_eager(mo
     # an update whose build does not repay itself on a CPU (Fromage's) stays eager there under auto
     assert UpdateFunction(lambda xs: None, flat=True, elementwise=False, cpu_auto=False)._auto_numel([big], "cpu") is None
     assert resolve_compiled(None, "cuda") is compile_available("cuda")  # elsewhere auto is unchanged
+
+
+@pytest.mark.parametrize("mode", ["auto", "1"])
+def test_dynamo_whole_list_graph_only_when_compiling_was_asked_for(monkeypatch, mode):
+    """An update of whole tensors that the chunk graphs refuse (here: lists of different lengths, as
+    AdaFactor's factored and unfactored state) would fall back to dynamo's graph over the whole lists,
+    which builds for minutes on RVC's sets. Under ``auto`` (which compiles on CUDA) it runs eager;
+    with ``RVC_OPTIM_COMPILE=1`` dynamo builds it."""
+    import rvc_optim.optim._compile as compile_module
+
+    monkeypatch.setenv(ENV_VAR, mode)
+    monkeypatch.setattr(compile_module, "compile_available", lambda device_type: True)
+    dynamo_builds = []
+
+    def fake_dynamo(fn, dynamic):
+        dynamo_builds.append(fn)
+        return fn
+
+    monkeypatch.setattr(compile_module, "_compiled", fake_dynamo)
+
+    def scale_(xs, ys):  # ys: state for a prefix of xs only
+        torch._foreach_mul_(xs[:len(ys)], ys)
+
+    update = UpdateFunction(scale_, elementwise=False)
+    xs, ys = [torch.ones(4), torch.ones(3, 2)], [torch.full((4,), 2.0)]
+    update(xs, ys, device_type="cuda")  # CPU tensors: "cuda" only selects the path
+    update(xs, ys, device_type="cuda")
+    torch.testing.assert_close(xs[0], torch.full((4,), 4.0))
+    assert len(dynamo_builds) == (2 if mode == "1" else 0)

@@ -33,7 +33,11 @@ The choice between eager and compiled:
   A small model (the demo's) stays eager, where a build would not pay, and so does an update built with
   ``cpu_auto=False`` (one measured not to repay its build on a CPU: Fromage's).
 
-A compiled update that fails to build falls back to the eager function with one warning.
+A compiled update that fails to build falls back to the eager function with one warning. An update of
+whole tensors that the chunk graphs cannot take (lists of different lengths, sizes branched on) is
+compiled by dynamo over the whole lists only when compiling was asked for (``compiled=True`` or
+``RVC_OPTIM_COMPILE=1``): that graph builds for minutes on RVC's sets, so ``auto`` (on CUDA) runs it
+eager instead.
 
 What ``fn`` must be, for blocking and chunking to be correct (``elementwise=True``, the default): the
 result for element ``j`` of tensor ``i`` depends only on element ``j`` of tensor ``i`` of each list, and
@@ -124,6 +128,13 @@ def resolve_compiled(compiled: bool | None, device_type: str = "cpu", numel: int
     if device_type == "cpu":
         return numel is not None and numel >= CPU_AUTO_COMPILE_NUMEL and compile_available("cpu")
     return device_type == "cuda" and compile_available(device_type)
+
+
+def _compile_requested(compiled: bool | None) -> bool:
+    """Whether compiling was asked for (``compiled=True`` or ``RVC_OPTIM_COMPILE=1``), not left to auto."""
+    if compiled is not None:
+        return bool(compiled)
+    return os.environ.get(ENV_VAR, "auto").strip().lower() in ("1", "true", "yes", "on")
 
 
 Results = Tensor | tuple[Tensor, ...] | None
@@ -282,7 +293,7 @@ class UpdateFunction:
         # itself there, measured; ``compiled=True`` and ``RVC_OPTIM_COMPILE=1`` still compile it)
         self.cpu_auto = cpu_auto
         self._whole_by_chunks = True
-        self._failed = False
+        self._stay_eager = False
         self._flat_views = FlatViews()
 
     def __call__(self, *tensor_lists: list[Tensor], device_type: str = "cpu", **scalars: Any) -> Any:
@@ -290,13 +301,13 @@ class UpdateFunction:
             if not any(tensor_lists):
                 return None
             return self._with_empty_lists(tensor_lists, device_type, scalars)
-        if not self._failed and resolve_compiled(self.compiled, device_type, self._auto_numel(tensor_lists, device_type)):
+        if not self._stay_eager and resolve_compiled(self.compiled, device_type, self._auto_numel(tensor_lists, device_type)):
             try:
                 return self._run_compiled(tensor_lists, scalars)
             except Exception as err:  # a backend that cannot build this graph here
                 if self.compiled:
                     raise
-                self._failed = True
+                self._stay_eager = True
                 warnings.warn(f"torch.compile failed for {self.fn.__name__} ({type(err).__name__}: {err}); using foreach")
         if device_type == "cpu" and self.elementwise:
             return self._run_blocked(tensor_lists, scalars)
@@ -338,6 +349,11 @@ class UpdateFunction:
             except Exception:  # noqa: BLE001 - sizes branched on, or inductor's own failure: dynamo's whole-list graph
                 self._whole_by_chunks = False
         if not self.flat:
+            if not _compile_requested(self.compiled):
+                # auto: dynamo's graph over the whole lists builds for minutes on RVC's sets (over 210 s on a
+                # CPU for AdaFactor, CAME and SM3 on G), so an update the chunk graphs cannot take stays eager
+                self._stay_eager = True
+                return self.fn(*tensor_lists, **scalars)
             return _compiled(self.fn, dynamic=False)(*tensor_lists, **scalars)
         return self._run_chunks(tensor_lists, scalars)
 
