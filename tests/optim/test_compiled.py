@@ -38,12 +38,13 @@ from rvc_optim.optim._compile import (
 
 # One optimizer for each way an update meets the runner, so the compiled tests stay few (each builds graphs
 # for 20-60 s on 2 cores): plain elementwise (Lion), a 0-d lerp weight and a host schedule
-# (ScheduleFreeAdamW), global sums returned from chunks (Prodigy, DAdaptAdaGrad), whole lists with per-tensor
+# (ScheduleFreeAdamW), global sums returned from chunks (Prodigy, DAdaptAdaGrad; DAdaptAdam, whose first pass
+# only reads when compiled on a CPU and leaves the stores to the second), whole lists with per-tensor
 # norms and Lookahead (Ranger21), mixed dtypes and an empty optional list (AnyPrecisionAdamW), factored
 # state in whole-tensor batches (AdaFactor), one multi-tensor norm and trust ratios (LAMB), a switch decided
 # on the device (SWATS).
-REPRESENTATIVES = ("Lion", "ScheduleFreeAdamW", "Prodigy", "DAdaptAdaGrad", "Ranger21", "AnyPrecisionAdamW",
-                   "AdaFactor", "LAMB", "SWATS")
+REPRESENTATIVES = ("Lion", "ScheduleFreeAdamW", "Prodigy", "DAdaptAdam", "DAdaptAdaGrad", "Ranger21",
+                   "AnyPrecisionAdamW", "AdaFactor", "LAMB", "SWATS")
 COMPILED = [r for r in RECORDS if r.name in REPRESENTATIVES and r.available and capabilities_of(r.cls).compiled]
 
 

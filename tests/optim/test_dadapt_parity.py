@@ -540,3 +540,32 @@ def test_resumes_from_a_reference_state_dict(ours_cls, ref_cls, kwargs, state_ke
         for p, q in zip(ours_model.parameters(), ref_model.parameters()):
             assert_close(p, q, f"step {step}", RTOL, ATOL)
     compare_groups(ours, ref, group_keys)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adam_passes_give_the_same_step_whichever_stores_the_moments(weight_decay):
+    """The compiled path on a CPU stores the moments and s in the second pass (the first only reads);
+    every other path stores them in the first. Both layouts are the same ops in the same order: the
+    sums, the state and the parameters agree bit for bit."""
+    from rvc_optim.optim.dadapt import dadapt_adam_apply, dadapt_adam_statistics
+
+    shapes = [(5, 3), (7,), (2, 3, 4)]
+
+    def lists():
+        g = torch.Generator().manual_seed(1)
+        return [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(5)]
+
+    rates = dict(exp_avg_rate=torch.tensor(0.03, dtype=torch.float64), s_rate=torch.tensor(0.002, dtype=torch.float64),
+                 beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    results = []
+    for store in (True, False):
+        p, g, m, v, s = lists()
+        v = [x.abs() for x in v]
+        sums = dadapt_adam_statistics(p, g, m, v, s, **rates, store=store)
+        dadapt_adam_apply(p, g, m, v, s, **rates, decay_factor=torch.tensor(1.0, dtype=torch.float64),
+                          decoupled=False, stored=store)
+        results.append((sums, p, m, v, s))
+    (sums_a, *state_a), (sums_b, *state_b) = results
+    torch.testing.assert_close(sums_a, sums_b, rtol=0, atol=0)
+    for a, b in zip(state_a, state_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -301,7 +301,7 @@ class UpdateFunction:
             if not any(tensor_lists):
                 return None
             return self._with_empty_lists(tensor_lists, device_type, scalars)
-        if not self._stay_eager and resolve_compiled(self.compiled, device_type, self._auto_numel(tensor_lists, device_type)):
+        if self.compiles(tensor_lists, device_type):
             try:
                 return self._run_compiled(tensor_lists, scalars)
             except Exception as err:  # a backend that cannot build this graph here
@@ -312,6 +312,12 @@ class UpdateFunction:
         if device_type == "cpu" and self.elementwise:
             return self._run_blocked(tensor_lists, scalars)
         return self.fn(*tensor_lists, **scalars)
+
+    def compiles(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> bool:
+        """Whether a call over these lists takes the compiled path (for an optimizer whose passes are
+        laid out differently there)."""
+        return not self._stay_eager and resolve_compiled(self.compiled, device_type,
+                                                         self._auto_numel(tensor_lists, device_type))
 
     def _auto_numel(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> int | None:
         """The element count ``auto`` decides by on a CPU: updates on flat views only (their build is one
