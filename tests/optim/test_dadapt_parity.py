@@ -542,30 +542,43 @@ def test_resumes_from_a_reference_state_dict(ours_cls, ref_cls, kwargs, state_ke
     compare_groups(ours, ref, group_keys)
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_adam_passes_give_the_same_step_whichever_stores_the_moments(weight_decay):
-    """The compiled path on a CPU stores the moments and s in the second pass (the first only reads);
-    every other path stores them in the first. Both layouts are the same ops in the same order: the
-    sums, the state and the parameters agree bit for bit."""
-    from rvc_optim.optim.dadapt import dadapt_adam_apply, dadapt_adam_statistics
-
+def _two_layouts(statistics, apply, n_read, options, apply_options):
+    """Both passes over the same five lists (p, g, then state; the third non-negative: v or alpha),
+    once storing the state in the first pass and once in the second; the first pass takes the first
+    ``n_read`` lists. Returns each run's sums and lists."""
     shapes = [(5, 3), (7,), (2, 3, 4)]
-
-    def lists():
-        g = torch.Generator().manual_seed(1)
-        return [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(5)]
-
-    rates = dict(exp_avg_rate=torch.tensor(0.03, dtype=torch.float64), s_rate=torch.tensor(0.002, dtype=torch.float64),
-                 beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
     results = []
     for store in (True, False):
-        p, g, m, v, s = lists()
-        v = [x.abs() for x in v]
-        sums = dadapt_adam_statistics(p, g, m, v, s, **rates, store=store)
-        dadapt_adam_apply(p, g, m, v, s, **rates, decay_factor=torch.tensor(1.0, dtype=torch.float64),
-                          decoupled=False, stored=store)
-        results.append((sums, p, m, v, s))
-    (sums_a, *state_a), (sums_b, *state_b) = results
+        g = torch.Generator().manual_seed(1)
+        lists = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(5)]
+        lists[2] = [x.abs() for x in lists[2]]
+        sums = statistics(*lists[:n_read], **options, store=store)
+        apply(*lists, **options, **apply_options, stored=store)
+        results.append((sums, lists))
+    return results
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+@pytest.mark.parametrize("variant", ["adam", "adagrad"])
+def test_passes_give_the_same_step_whichever_stores_the_state(variant, weight_decay):
+    """The compiled path on a CPU stores the moments (DAdaptAdam) or alpha and s (DAdaptAdaGrad) in the
+    second pass, the first only reading; every other path stores them in the first. Both layouts are
+    the same ops in the same order: the sums, the state and the parameters agree bit for bit."""
+    from rvc_optim.optim.dadapt import (dadapt_adagrad_apply, dadapt_adagrad_statistics, dadapt_adam_apply,
+                                        dadapt_adam_statistics)
+
+    one = torch.tensor(1.0, dtype=torch.float64)
+    if variant == "adam":  # p, g, v, m, s
+        rates = dict(exp_avg_rate=one * 0.03, s_rate=one * 0.002, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=weight_decay)
+        results = _two_layouts(lambda p, g, v, m, s, **kw: dadapt_adam_statistics(p, g, m, v, s, **kw),
+                               lambda p, g, v, m, s, **kw: dadapt_adam_apply(p, g, m, v, s, **kw), 5, rates,
+                               dict(decay_factor=one, decoupled=False))
+    else:  # p, g, alpha, s, x0
+        rates = dict(dlr=one * 0.01, eps=1e-6, weight_decay=weight_decay)
+        results = _two_layouts(dadapt_adagrad_statistics, dadapt_adagrad_apply, 4, rates,
+                               dict(keep=one * 0.1, weight=one * 0.9, average=True))
+    (sums_a, lists_a), (sums_b, lists_b) = results
     torch.testing.assert_close(sums_a, sums_b, rtol=0, atol=0)
-    for a, b in zip(state_a, state_b):
+    for a, b in zip(lists_a, lists_b):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -186,11 +186,14 @@ def dadapt_adagrad_statistics(
     dlr: Tensor,
     eps: float,
     weight_decay: float,
+    store: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """DAdaptAdaGrad's first pass. ``alpha += g**2``, ``s += dlr * g`` in place; returns this chunk's
-    ``sum g**2 / (sqrt(alpha) + eps)`` and the changes of ``sum s**2 / (sqrt(alpha) + eps)`` and of
-    ``sum |s|``, each change taken per tensor (new minus old) before summing, as the reference does:
-    the estimate is a difference of two large running sums."""
+    """DAdaptAdaGrad's first pass, for ``alpha' = alpha + g**2`` and ``s' = s + dlr * g``: returns this
+    chunk's ``sum g**2 / (sqrt(alpha') + eps)`` and the changes of ``sum s**2 / (sqrt(alpha) + eps)``
+    and of ``sum |s|``, each change taken per tensor (new minus old) before summing, as the reference
+    does: the estimate is a difference of two large running sums. With ``store`` it writes ``alpha'``
+    and ``s'``; without, it only reads and :func:`dadapt_adagrad_apply` writes them (the compiled path
+    on a CPU, as :func:`dadapt_adam_statistics` explains)."""
     if weight_decay != 0.0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     denom = torch._foreach_sqrt(alphas)
@@ -201,12 +204,17 @@ def dadapt_adagrad_statistics(
     old_s_l1 = foreach_abs_sums(s)
 
     grad_sq = torch._foreach_mul(grads, grads)
-    torch._foreach_add_(alphas, grad_sq)
+    if store:
+        torch._foreach_add_(alphas, grad_sq)
+    else:
+        alphas = torch._foreach_add(alphas, grad_sq)
     denom = torch._foreach_sqrt(alphas)
     torch._foreach_add_(denom, eps)
     torch._foreach_div_(grad_sq, denom)
     weighted_grad_sq = foreach_sums_of_nonnegative(grad_sq).sum()
 
+    if not store:
+        s = [t.clone() for t in s]
     add_scaled_(s, grads, dlr)
     weighted_s_sq = torch._foreach_mul(s, s)
     torch._foreach_div_(weighted_s_sq, denom)
@@ -217,19 +225,29 @@ def dadapt_adagrad_statistics(
 
 def dadapt_adagrad_apply(
     params: list[Tensor],
+    grads: list[Tensor],
     alphas: list[Tensor],
     s: list[Tensor],
     x0: list[Tensor],
     *,
+    dlr: Tensor,
+    weight_decay: float,
     keep: Tensor,
     weight: Tensor,
     eps: float,
     average: bool,
+    stored: bool,
 ) -> None:
-    """DAdaptAdaGrad's second pass (dual averaging): ``z = x0 - s / (sqrt(alpha) + eps)``, then
-    ``p <- z``, or with momentum (``average``) ``p <- keep * p + weight * z`` with
-    ``weight = 1 - momentum`` and ``keep = 1 - weight``, or ``weight = 0, keep = 1`` on a step with
-    nothing to do yet (every gradient so far zero, so ``s = 0`` and ``z = x0 = p``)."""
+    """DAdaptAdaGrad's second pass (dual averaging): ``alpha += g**2`` and ``s += dlr * g`` unless the
+    first pass ``stored`` them, then ``z = x0 - s / (sqrt(alpha) + eps)`` and ``p <- z``, or with
+    momentum (``average``) ``p <- keep * p + weight * z`` with ``weight = 1 - momentum`` and ``keep = 1 -
+    weight``, or ``weight = 0, keep = 1`` on a step with nothing to do yet (every gradient so far zero,
+    so ``s = 0`` and ``z = x0 = p``)."""
+    if not stored:
+        if weight_decay != 0.0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_add_(alphas, torch._foreach_mul(grads, grads))
+        add_scaled_(s, grads, dlr)
     denom = torch._foreach_sqrt(alphas)
     torch._foreach_add_(denom, eps)
     z = torch._foreach_div(s, denom)
@@ -686,9 +704,10 @@ class DAdaptAdaGrad(_DAdaptBase):
         group = chunk.group
         dlr = scale * float(group["lr"])
         p, g, alpha, s, _ = chunk.lists
+        chunk.stores_first = chunk.device.type != "cpu" or not self._statistics_fn.compiles(chunk.lists[:1], "cpu")
         grad_sq, s_sq_change, s_l1_change = self._statistics_fn(
             p, g, alpha, s, dlr=chunk.scalar(dlr), eps=group["eps"], weight_decay=group["weight_decay"],
-            device_type=chunk.device.type,
+            store=chunk.stores_first, device_type=chunk.device.type,
         )
         return dlr * dlr * grad_sq.to(dlr), s_sq_change.to(dlr), s_l1_change.to(dlr)
 
@@ -700,11 +719,12 @@ class DAdaptAdaGrad(_DAdaptBase):
 
     def _apply(self, chunk: _Chunk, scale: Tensor, step_scale: Tensor) -> None:
         group = chunk.group
-        p, _, alpha, s, x0 = chunk.lists
+        p, g, alpha, s, x0 = chunk.lists
         weight = (1 - group["momentum"]) * step_scale
         self._apply_fn(
-            p, alpha, s, x0, keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight), eps=group["eps"],
-            average=group["momentum"] != 0, device_type=chunk.device.type,
+            p, g, alpha, s, x0, dlr=chunk.scalar(scale * float(group["lr"])), weight_decay=group["weight_decay"],
+            keep=chunk.scalar(1 - weight), weight=chunk.scalar(weight), eps=group["eps"],
+            average=group["momentum"] != 0, stored=chunk.stores_first, device_type=chunk.device.type,
         )
 
 
