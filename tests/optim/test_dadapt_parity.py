@@ -108,6 +108,7 @@ SUMS = {
     "foreach_abs_sums": lambda a, b: _foreach.foreach_abs_sums(a),
     "foreach_sums_of_nonnegative": lambda a, b: _foreach.foreach_sums_of_nonnegative(b),
     "foreach_square_sum": lambda a, b: _foreach.foreach_square_sum(a),
+    "foreach_l2_norms": lambda a, b: _foreach.foreach_l2_norms(a),
 }
 
 
@@ -116,11 +117,15 @@ SUMS = {
 def test_reduction_branches_agree(name, dtype, rtol, monkeypatch):
     """Each shared sum gives the same number on the CPU branch and on the accelerator branch, to
     rounding: ``rtol`` times the sum of the summands' magnitudes (the signed sum on accelerators is
-    a difference of two L1 norms, so its error scales with those, not with the result)."""
+    a difference of two L1 norms, so its error scales with those, not with the result). The CPU's L2
+    norms of tensors over ``DOT_NORM_NUMEL`` elements come from dot products: lowered here so that
+    three of the five take that path (and a non-contiguous one does not)."""
+    monkeypatch.setattr(_foreach, "DOT_NORM_NUMEL", 8)
     gen = torch.Generator().manual_seed(0)
     shapes = [(7, 3), (5,), (4, 2, 3), (1,), (64, 9)]
     a = [torch.randn(shape, generator=gen, dtype=dtype) for shape in shapes]
     b = [torch.rand(shape, generator=gen, dtype=dtype) for shape in shapes]  # nonnegative
+    a[-1], b[-1] = a[-1].t(), b[-1].t()  # [9, 64], non-contiguous
     magnitude = SUMS[name]([t.abs().double() for t in a], [t.double() for t in b])
     per_tensor = SUMS[name](a, b)
     monkeypatch.setattr(_foreach, "_per_tensor", lambda tensors: False)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "decay_weights_",
     "foreach_abs_sums",
     "foreach_dot",
+    "foreach_l2_norms",
     "foreach_mul_by_constant_",
     "foreach_square_sum",
     "foreach_sum_",
@@ -309,8 +311,36 @@ def foreach_sums_of_nonnegative(tensors: list[Tensor]) -> Tensor:
 def foreach_square_sum(tensors: list[Tensor]) -> Tensor:
     """``sum_i sum t_i**2`` as one 0-d tensor (squared L2 norms: torch.compile cannot trace
     ``_foreach_powsum``)."""
-    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=scalar_dtype(tensors[0].dtype)))
+    norms = foreach_l2_norms(tensors)
     return (norms * norms).sum()
+
+
+# Tensors of more elements than this take their L2 norm on a CPU from BLAS's dot product, which reads
+# about 1.5x as fast as torch's norm kernel there (RVC's generator: 8.6 against 13.2 ms for its 106
+# tensors over 2**16 elements); smaller ones stay in one multi-tensor norm, whose per-tensor cost is lower.
+DOT_NORM_NUMEL = 1 << 16
+
+
+def foreach_l2_norms(tensors: list[Tensor]) -> Tensor:
+    """``[||t||_2 for t in tensors]`` as one 1-d tensor, accumulated in float64 for float64 tensors and
+    in float32 otherwise: one multi-tensor norm, except for the large float32/float64 tensors of an eager
+    CPU step, whose norms are ``sqrt(t . t)`` (see :data:`DOT_NORM_NUMEL`)."""
+    acc = scalar_dtype(tensors[0].dtype)
+    if not _eager_on_cpu(tensors[0]):
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=acc))
+    large = [t.numel() > DOT_NORM_NUMEL and t.is_contiguous() for t in tensors]
+    if not any(large):
+        return torch.stack(torch._foreach_norm(tensors, 2, dtype=acc))
+    small = iter(torch._foreach_norm([t for t, big in zip(tensors, large) if not big], 2, dtype=acc)
+                 if not all(large) else ())
+    return torch.stack([torch.dot(t.view(-1), t.view(-1)).sqrt() if big else next(small)
+                        for t, big in zip(tensors, large)])
+
+
+def _eager_on_cpu(t: Tensor) -> bool:
+    """Whether ``t`` is a real float32/float64 CPU tensor outside any tracing (where reading a size is
+    free and a per-tensor loop is allowed)."""
+    return _per_tensor([t]) and not torch.compiler.is_compiling() and not isinstance(t, FakeTensor)
 
 
 def advance_host_steps(

@@ -47,6 +47,7 @@ from rvc_optim.optim._foreach import (
     check_momentum,
     check_positive,
     check_weight_decay,
+    foreach_l2_norms,
     params_with_grad,
     run_closure,
     scalar,
@@ -134,7 +135,7 @@ def inverse_sqrt_times_(out: list[Tensor], second_moments: list[Tensor], grads: 
 def clipped_scale(updates: list[Tensor], clip_threshold: float, scale: Tensor | float = 1.0) -> Tensor:
     """Per tensor, ``scale / max(1, RMS(update) / clip_threshold)`` as one 1-d tensor (one
     multi-tensor norm, no host read)."""
-    norms = torch._foreach_norm(updates)
+    norms = list(foreach_l2_norms(updates).unbind())
     rms = torch.stack(torch._foreach_div(norms, [math.sqrt(u.numel()) * clip_threshold for u in updates]))
     return scale / rms.clamp_min(1.0)
 
@@ -160,8 +161,9 @@ def adafactor_update(
     warmup_init: bool,
 ) -> None:
     """One step over lists whose first ``len(rows)`` tensors are factored (ndim >= 2: matrices, the first
-    ``len(cols)``, then columns; see :func:`factoring`) and whose last ``len(exp_avg_sqs)`` are not; ``exp_avgs`` is empty without beta1. Per-tensor values (the step's
-    decay, alpha, the clip) are 1-d tensors applied with multi-tensor ops over 0-d views."""
+    ``len(cols)``, then columns; see :func:`factoring`) and whose last ``len(exp_avg_sqs)`` are not;
+    ``exp_avgs`` is empty without beta1. Per-tensor values (the step's decay, alpha, the clip) are 1-d
+    tensors applied with multi-tensor ops over 0-d views."""
     torch._foreach_add_(steps, 1.0)
     t = torch.stack(steps).to(params[0].dtype if params[0].dtype == torch.float64 else torch.float32)
     if relative_step:
@@ -169,7 +171,8 @@ def adafactor_update(
     else:
         rho = lr
     if scale_parameter:
-        rms = torch.stack(torch._foreach_div(torch._foreach_norm(params), [math.sqrt(p.numel()) for p in params]))
+        norms = list(foreach_l2_norms(params).unbind())
+        rms = torch.stack(torch._foreach_div(norms, [math.sqrt(p.numel()) for p in params]))
         alpha = rho * rms.to(t.dtype).clamp_min(eps2)
     else:
         alpha = rho * torch.ones_like(t)

@@ -60,6 +60,7 @@ from rvc_optim.optim._foreach import (
     check_nonnegative,
     check_weight_decay,
     decay_weights_,
+    foreach_l2_norms,
     foreach_mul_by_constant_,
     group_by_device_and_dtype,
     params_with_grad,
@@ -80,10 +81,8 @@ def global_clip_factor(grads: list[Tensor], max_grad_norm: float, eps: float) ->
     wide = any(g.dtype == torch.float64 for g in grads)
     total_dtype = torch.float64 if wide else torch.float32
     first_device = grads[0].device
-    for device, dtype, (bucket,) in group_by_device_and_dtype(grads):
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        norms = torch._foreach_norm(bucket, 2, dtype=acc)
-        squares.append(torch.stack(norms).square().sum().to(device=first_device, dtype=total_dtype))
+    for device, _, (bucket,) in group_by_device_and_dtype(grads):
+        squares.append(foreach_l2_norms(bucket).square().sum().to(device=first_device, dtype=total_dtype))
     norm = torch.stack(squares).sum().sqrt()
     return torch.clamp(max_grad_norm / (norm + eps), max=1.0)
 

@@ -43,6 +43,7 @@ from rvc_optim.optim._foreach import (
     check_lr,
     check_positive,
     check_weight_decay,
+    foreach_l2_norms,
     foreach_mul_by_constant_,
     group_by_device_and_dtype,
     params_with_grad,
@@ -61,7 +62,7 @@ __all__ = ["LAMB", "add_scaled_per_tensor_", "lamb_layer_update", "lamb_moments"
 def tensor_norms(tensors: list[Tensor]) -> Tensor:
     """``[||t||_2 for t in tensors]`` as one 1-d tensor on their device, from one multi-tensor norm
     (accumulated in float64 for float64 tensors, float32 otherwise)."""
-    return torch.stack(torch._foreach_norm(tensors, 2, dtype=scalar_dtype(tensors[0].dtype)))
+    return foreach_l2_norms(tensors)
 
 
 def trust_ratios(numerators: Tensor, denominators: Tensor) -> Tensor:
