@@ -97,13 +97,13 @@ def apollo_update(
     torch._foreach_div_(deltas, norms)
     torch._foreach_mul_(deltas, updates)  # delta / n * dn, in place: delta is not needed any more
     secants = _sums(deltas).mul_(-alpha)
-    for out, b, sq in zip(deltas, hessians, squares):
-        torch.mul(b, sq, out=out)
+    torch._foreach_copy_(deltas, hessians)
+    torch._foreach_mul_(deltas, squares)  # B * dn^2
     secants.sub_(_sums(deltas))
     torch._foreach_addcmul_(hessians, squares, list(secants.unbind()))  # B <- B + s * dn^2
     denoms = squares
-    for out, b in zip(denoms, hessians):
-        torch.abs(b, out=out)
+    torch._foreach_copy_(denoms, hessians)
+    torch._foreach_abs_(denoms)
     if belief:
         torch._foreach_maximum_(denoms, rebounds)
         torch._foreach_add_(denoms, eps / alpha)
