@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rvc_optim.optim.ranger21 import Ranger21
+from rvc_optim.optim.ranger21 import Ranger21, foreach_softplus
 from tests.optim.parity import batches, make_model, run_parity, two_groups
 
 import ranger21 as ranger21_reference  # noqa: E402  (a test dependency: missing means a broken install)
@@ -273,6 +273,30 @@ def test_norm_loss_reaches_every_parameter():
         nonzero = p0 != 0  # the zero-initialised bias stays zero
         torch.testing.assert_close((a - b)[nonzero], expected[nonzero], rtol=1e-9, atol=1e-15)
         assert torch.equal(a[~nonzero], b[~nonzero])
+
+
+@pytest.mark.parametrize("beta", [50.0, 1.0, 0.3])
+def test_softplus_is_torchs_on_both_sides_of_the_cut_off(beta):
+    """The maskless form (max of x and the clamped log form) against torch's definition: negative values,
+    values on both sides of beta * x = 20, and the extremes."""
+    x = torch.cat([torch.linspace(-30, 30, 2001, dtype=torch.float64) / beta,
+                   torch.tensor([0.0, 1e-300, 20 / beta, math.nextafter(20 / beta, 0), math.nextafter(20 / beta, 99),
+                                 1e300, -1e300, float("inf")], dtype=torch.float64)])
+    def masked(x):  # torch's definition, term by term
+        return torch.where(beta * x > 20, x, torch.log1p(torch.exp((beta * x).clamp_max(20))) / beta)
+
+    ours, = foreach_softplus([x], beta)
+    # Just above the cut-off, where torch's softplus jumps down by log1p(e^-20) / beta, the maximum keeps
+    # the log form a little longer: at most 1.03e-10 relative, on at most 1.03e-10 relative of x's range.
+    window = (beta * x > 20) & (beta * x < 20 + 2.1e-9)
+    assert window.any()
+    assert torch.equal(ours[~window], masked(x)[~window])
+    torch.testing.assert_close(ours[window], x[window], rtol=1.1e-10, atol=0)
+    # torch's own kernel rounds its exp and log1p differently (1e-10 relative where the result is 1e-15)
+    torch.testing.assert_close(ours, F.softplus(x, beta=beta), rtol=1e-9, atol=0)
+    x32 = x.float()
+    ours32, = foreach_softplus([x32], beta)
+    torch.testing.assert_close(ours32, masked(x32), rtol=2 ** -23, atol=0)  # the maximum: within an ulp
 
 
 @pytest.mark.parametrize("shape", [(7,), (6, 5), (4, 3, 5), (4, 3, 2, 2)], ids=["1d", "2d", "3d", "4d"])

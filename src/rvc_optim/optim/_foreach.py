@@ -33,6 +33,7 @@ __all__ = [
     "check_positive",
     "check_weight_decay",
     "decay_weights_",
+    "eager_on_cpu",
     "foreach_abs_sums",
     "foreach_dot",
     "foreach_l2_norms",
@@ -328,7 +329,7 @@ def foreach_l2_norms(tensors: list[Tensor]) -> Tensor:
     in float32 otherwise: one multi-tensor norm, except for the large float32/float64 tensors of an eager
     CPU step, whose norms are ``sqrt(t . t)`` (see :data:`DOT_NORM_NUMEL`)."""
     acc = scalar_dtype(tensors[0].dtype)
-    if not _eager_on_cpu(tensors[0]):
+    if not eager_on_cpu(tensors[0]):
         return torch.stack(torch._foreach_norm(tensors, 2, dtype=acc))
     large = [t.numel() > DOT_NORM_NUMEL and t.is_contiguous() for t in tensors]
     if not any(large):
@@ -339,7 +340,7 @@ def foreach_l2_norms(tensors: list[Tensor]) -> Tensor:
                         for t, big in zip(tensors, large)])
 
 
-def _eager_on_cpu(t: Tensor) -> bool:
+def eager_on_cpu(t: Tensor) -> bool:
     """Whether ``t`` is a real float32/float64 CPU tensor outside any tracing (where reading a size is
     free and a per-tensor loop is allowed)."""
     return _per_tensor([t]) and not torch.compiler.is_compiling() and not isinstance(t, FakeTensor)
