@@ -247,3 +247,30 @@ def test_state_bytes_counts_tensors_in_lists_and_each_storage_once():
     opt.state[p] = {"exp_avg": torch.zeros(10), "GG": [torch.zeros(4, 4), []], "Q": [shared, shared],
                     "nested": {"x": torch.zeros(2)}, "param": p}
     assert state_bytes(opt) == 4 * (10 + 16 + 9 + 2)
+
+
+def test_summary_takes_each_row_from_the_latest_file_and_skips_our_own_published_rows(tmp_path):
+    import dataclasses
+    import json
+
+    from rvc_optim.benchmark import RowResult, summary_table
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"header": {}, "results": [dataclasses.asdict(r) for r in rows]}))
+        return path
+
+    def row(kind, label, set_name, ratio, graphs=0):
+        return RowResult("Lion", kind, label, set_name, "ok", ms=ratio * 10, ratio=ratio, graphs=graphs)
+
+    first = write("step_time_cpu_first.json", [
+        row("default", "default", "generator", 2.0), row("published", "torch-optimi Lion", "generator", 3.0),
+        row("default", "default", "discriminator", 1.5), row("published", "torch-optimi Lion", "discriminator", 2.5)])
+    second = write("step_time_cpu_second.json", [
+        row("default", "default", "generator", 1.1, graphs=2), row("published", "torch-optimi Lion", "generator", 2.9),
+        row("published", "rvc-optim Lion", "generator", 0.9)])
+    table = summary_table([first, second]).splitlines()
+    assert table[0] == "| optimizer | default path | G: ours / fastest published | D: ours / fastest published | from |"
+    # G from the second file (compiled there), D from the first; our own row at another setting is not "published"
+    assert table[2] == ("| Lion | compiled / eager | 1.10 / 2.90 (torch-optimi Lion) | 1.50 / 2.50 (torch-optimi Lion) "
+                        "| second, first |")

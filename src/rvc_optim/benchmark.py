@@ -42,7 +42,7 @@ import tempfile
 import time
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -62,6 +62,8 @@ __all__ = [
     "RowResult",
     "add_arguments",
     "bytes_per_param",
+    "fastest_published",
+    "latest_default_rows",
     "load_shapes",
     "matmul_rate",
     "plan_rows",
@@ -69,6 +71,7 @@ __all__ = [
     "run",
     "run_from_args",
     "step_flops",
+    "summary_table",
     "time_row",
 ]
 
@@ -904,6 +907,57 @@ def readme_table(result_file: str | Path) -> str:
     return "\n".join(lines)
 
 
+SET_LABELS = {"generator": "G", "discriminator": "D", "union": "G+D"}
+
+
+def latest_default_rows(result_files: Sequence[str | Path]) -> dict[tuple[str, str], tuple[str, list[RowResult]]]:
+    """Per (optimizer, set), the rows of the last of ``result_files`` (in the order given) that timed its
+    default path, with that file's name: a rerun's rows replace an earlier file's."""
+    latest: dict[tuple[str, str], tuple[str, list[RowResult]]] = {}
+    for result_file in result_files:
+        _, results = load_results(result_file)
+        for r in results:
+            if r.kind == "default":
+                latest[(r.algorithm, r.set_name)] = (Path(result_file).name, [
+                    x for x in results if x.algorithm == r.algorithm and x.set_name == r.set_name])
+    return latest
+
+
+def fastest_published(rows: Sequence[RowResult]) -> RowResult | None:
+    """The published implementation with the lowest ratio among ``rows`` (those that ran and updated; not
+    our own rows at a published port's settings, such as ``rvc-optim PAdam``)."""
+    published = [r for r in rows if r.kind == "published" and r.status == "ok" and math.isfinite(r.ratio)
+                 and not r.label.startswith("rvc-optim ")]
+    return min(published, key=lambda r: r.ratio, default=None)
+
+
+def summary_table(result_files: Sequence[str | Path]) -> str:
+    """The README's summary: per optimizer, the default path's ratio to the floor on each set beside the
+    fastest published implementation's in the same run, each from the latest file that timed it
+    (:func:`latest_default_rows`). Ratios, not ms: each divides out its own run's AdamW baseline."""
+    latest = latest_default_rows(result_files)
+    sets = [s for s in SET_LABELS if any(key[1] == s for key in latest)]
+    lines = ["| optimizer | default path | " + " | ".join(f"{SET_LABELS[s]}: ours / fastest published" for s in sets)
+             + " | from |",
+             "|---|---|" + "---|" * len(sets) + "---|"]
+    for name in dict.fromkeys(key[0] for key in latest):
+        cells, files, paths = [], [], set()
+        for set_name in sets:
+            file_name, rows = latest.get((name, set_name), ("", []))
+            default = next((r for r in rows if r.kind == "default"), None)
+            if default is None:
+                cells.append("")
+                continue
+            paths.add("compiled" if default.graphs > 0 else "eager")
+            best = fastest_published(rows)
+            cells.append(f"{_cell(default)[1] or default.status} / "
+                         + (f"{best.ratio:.2f} ({best.label})" if best else "none installed"))
+            files.append(file_name.removeprefix("step_time_cpu_").removesuffix(".json"))
+        lines.append(f"| {name} | {' / '.join(sorted(paths))} | {' | '.join(cells)} | "
+                     f"{', '.join(dict.fromkeys(files))} |")
+    return "\n".join(lines)
+
+
 # --- command line ----------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -927,11 +981,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="write the report to OUTPUT.md and the data to OUTPUT.json")
     parser.add_argument("--readme-table", metavar="RESULT_JSON",
                         help="print the README's benchmark table generated from a result file, and exit")
+    parser.add_argument("--readme-summary", metavar="RESULT_JSON", nargs="+",
+                        help="print the README's summary of the default path against the fastest published "
+                             "implementation, each row from the last of these files that timed it, and exit")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     if getattr(args, "readme_table", None):
         print(readme_table(args.readme_table))
+        return 0
+    if getattr(args, "readme_summary", None):
+        print(summary_table(args.readme_summary))
         return 0
     if args.quick:
         names = args.optimizers if args.optimizers is not None else ["Lion"]
