@@ -41,10 +41,11 @@ from rvc_optim.optim._compile import (
 # (ScheduleFreeAdamW), global sums returned from chunks (Prodigy, DAdaptAdaGrad; DAdaptAdam, whose first pass
 # only reads when compiled on a CPU and leaves the stores to the second), whole lists with per-tensor
 # norms and Lookahead (Ranger21), mixed dtypes and an empty optional list (AnyPrecisionAdamW), factored
-# state in whole-tensor batches (AdaFactor), one multi-tensor norm and trust ratios (LAMB), a switch decided
-# on the device (SWATS).
+# state in whole-tensor batches (AdaFactor), one multi-tensor norm and trust ratios (LAMB), local rates taken
+# before the update and passed in as per-tensor 0-d tensors (LARS on a CPU), a switch decided on the device
+# (SWATS).
 REPRESENTATIVES = ("Lion", "ScheduleFreeAdamW", "Prodigy", "DAdaptAdam", "DAdaptAdaGrad", "Ranger21",
-                   "AnyPrecisionAdamW", "AdaFactor", "LAMB", "SWATS")
+                   "AnyPrecisionAdamW", "AdaFactor", "LAMB", "LARS", "SWATS")
 COMPILED = [r for r in RECORDS if r.name in REPRESENTATIVES and r.available and capabilities_of(r.cls).compiled]
 
 

@@ -64,12 +64,15 @@ def test_local_rate_applied_once():
     torch.testing.assert_close(out, weight - lr * expected, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("rates_in_update", [True, False], ids=["accelerator-layout", "cpu-compiled-layout"])
 @pytest.mark.parametrize("case", ["dampening", "nesterov_always_adapt"])
-def test_parity_with_timm_on_the_whole_list_path(case, monkeypatch):
-    # Accelerators and the compiled path put the local rate into the directions over whole lists; the
-    # CPU eager path runs one blocked update per tensor. Force the first here, eagerly, with the per-step
-    # scalars as 0-d tensors, as an accelerator passes them.
+def test_parity_with_timm_on_the_whole_list_path(case, rates_in_update, monkeypatch):
+    # Accelerators put the local rates into the directions inside the update over whole lists; the
+    # compiled path on a CPU takes the rates first and passes them as per-tensor 0-d tensors; the CPU
+    # eager path runs one blocked update per tensor. Force the first two here, eagerly, with the
+    # per-step scalars as 0-d tensors, as an accelerator passes them.
     monkeypatch.setattr("rvc_optim.optim.lars.resolve_compiled", lambda *args: True)
+    monkeypatch.setattr("rvc_optim.optim.lars._rates_in_update", lambda device_type: rates_in_update)
     run_whole_lists_with_tensor_scalars(monkeypatch)
     options = CASES[case]
     run_parity(lambda groups: LARS(groups, **options), lambda groups: TimmLars(groups, foreach=False, **options),
