@@ -137,14 +137,14 @@ logger = logging.getLogger(__name__)
 
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus's default: above beta * x > 20 it returns x
 GRAD_NORM_EPS = 1e-8  # the authors' hard-coded epsilon of gradient normalisation
-AGC_GRAD_NORM_FLOOR = 1e-6
+AGC_GRAD_NORM_FLOOR = 1e-6  # the authors' hard-coded floor on the gradient's unit norm in AGC
 # Row blocks of an eager CPU step (see row_blocks): tensors over 8 MB of float32 are cut into blocks of
 # about 2 MB, so that a block of the parameter, gradient and second moment stays in an 8 MB L3 through
-# the first pass. Measured on a 2-core EPYC: RVC's discriminator 237 ms unblocked, 202 with these;
-# blocks of 2**17 or 2**18 elements were slower there, and cutting the generator's tensors (all under
-# 2**21 elements) gained nothing.
+# the first pass. Measured on a 2-core EPYC, the first pass on RVC's discriminator: 237 ms unblocked,
+# 202 with these; blocks of 2**17 or 2**18 elements were slower there, and cutting the generator's
+# tensors (all under 2**21 elements) gained nothing.
 ROW_BLOCK_NUMEL = 1 << 19
-ROW_BLOCK_MIN_NUMEL = 1 << 21  # the authors' hard-coded floor on the gradient's unit norm in AGC
+ROW_BLOCK_MIN_NUMEL = 1 << 21
 
 
 # --- pieces ----------------------------------------------------------------------------------------
