@@ -41,6 +41,22 @@ def test_parity_with_torch_optimizer(variant):
     assert all(g["step"] == 200 for g in ours.param_groups)
 
 
+@pytest.mark.parametrize("variant", ["uni", "inc", "exp"])
+def test_parity_with_torch_optimizer_in_the_cpu_compiled_layout(variant, monkeypatch):
+    """Compiled on a CPU the spreads' norms are eager dot products and the rest one elementwise update with
+    per-tensor coefficients and 0-d step scalars (``A2Grad._step_with_eager_norms``); run that layout
+    eagerly here, with the scalars as tensors, as the compiled graph takes them."""
+    monkeypatch.setattr("rvc_optim.optim.a2grad.resolve_compiled", lambda *args: True)
+    monkeypatch.setattr("rvc_optim.optim._compile.UpdateFunction._run_blocked",
+                        lambda self, lists, scalars: self.fn(*lists, **scalars))
+    calls = []
+    original = A2Grad._step_with_eager_norms
+    monkeypatch.setattr(A2Grad, "_step_with_eager_norms", lambda self, *a: calls.append(1) or original(self, *a))
+    run_parity(lambda groups: A2Grad(groups, variant=variant), lambda groups: REFERENCES[variant](groups),
+               GROUPS, STATE_KEYS)
+    assert calls
+
+
 class A2GradEquations:
     """The paper's accelerated scheme with its three sequences (x^md = the parameters, xbar, x), one
     scalar h per tensor as both ports, and the averages in closed form over the whole history."""

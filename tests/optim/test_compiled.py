@@ -42,10 +42,10 @@ from rvc_optim.optim._compile import (
 # only reads when compiled on a CPU and leaves the stores to the second), whole lists with per-tensor
 # norms and Lookahead (Ranger21), mixed dtypes and an empty optional list (AnyPrecisionAdamW), factored
 # state in whole-tensor batches (AdaFactor), one multi-tensor norm and trust ratios (LAMB), local rates taken
-# before the update and passed in as per-tensor 0-d tensors (LARS on a CPU), a switch decided on the device
-# (SWATS).
+# before the update and passed in as per-tensor 0-d tensors (LARS on a CPU; A2Grad, with 0-d step scalars),
+# a switch decided on the device (SWATS).
 REPRESENTATIVES = ("Lion", "ScheduleFreeAdamW", "Prodigy", "DAdaptAdam", "DAdaptAdaGrad", "Ranger21",
-                   "AnyPrecisionAdamW", "AdaFactor", "LAMB", "LARS", "SWATS")
+                   "AnyPrecisionAdamW", "AdaFactor", "LAMB", "LARS", "A2Grad", "SWATS")
 COMPILED = [r for r in RECORDS if r.name in REPRESENTATIVES and r.available and capabilities_of(r.cls).compiled]
 
 
