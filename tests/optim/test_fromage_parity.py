@@ -14,9 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rvc_optim.optim.fromage import Fromage
+from rvc_optim.optim.fromage import Fromage, fromage_rated_step
 from tests.optim.parity import run_parity
 from tests.optim.test_adan_parity import _import_reference
+from tests.optim.test_lamb_parity import run_whole_lists_with_tensor_scalars
 
 GROUPS = [{"lr": 1e-2}, {"lr": 3e-3}]
 
@@ -31,8 +32,17 @@ _import_reference()  # pytorch_optimizer imports cleanly only with transformers 
 ReferenceFromage = _reference()
 
 
+@pytest.mark.parametrize("layout", ["default", "cpu-compiled-layout"])
 @pytest.mark.parametrize("p_bound", [None, 0.97], ids=["unbounded", "p_bound"])
-def test_parity_with_pytorch_optimizer(p_bound):
+def test_parity_with_pytorch_optimizer(p_bound, layout, monkeypatch):
+    if layout == "cpu-compiled-layout":
+        # Compiled on a CPU the norms are taken eagerly and the step is one elementwise function of
+        # per-tensor 0-d scales (``fromage_rated_step``); run that layout eagerly, scalars as tensors.
+        monkeypatch.setattr("rvc_optim.optim.fromage.resolve_compiled", lambda *args: True)
+        run_whole_lists_with_tensor_scalars(monkeypatch)
+        calls = []
+        monkeypatch.setattr("rvc_optim.optim.fromage.fromage_rated_step",
+                            lambda *a, **k: calls.append(1) or fromage_rated_step(*a, **k))
     # At these rates the parity model's tensors end 0 to 7% below their initial norms: a bound of 0.97
     # times the initial norm holds some of them (biases, the weight-norm direction) and not others.
     ours, _, model, _ = run_parity(
@@ -46,6 +56,8 @@ def test_parity_with_pytorch_optimizer(p_bound):
         at_bound = [bool(torch.isclose(p.norm(), ours.state[p]["max"], rtol=1e-12)) for p in model.parameters()
                     if ours.state[p]["max"] > 0]
         assert any(at_bound) and not all(at_bound)
+    if layout == "cpu-compiled-layout":
+        assert calls
 
 
 def _one_step(weight, grad, lr, **options):

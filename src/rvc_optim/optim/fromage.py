@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim._compile import UpdateFunction
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled
 from rvc_optim.optim._foreach import (
     check_lr,
     check_positive,
@@ -37,22 +37,43 @@ from rvc_optim.optim._foreach import (
 )
 from rvc_optim.optim.lamb import add_scaled_per_tensor_, tensor_norms, trust_ratios
 
-__all__ = ["Fromage", "fromage_update"]
+__all__ = ["Fromage", "cap_norms_", "fromage_rated_step", "fromage_update"]
 
 
 def fromage_update(params: list[Tensor], grads: list[Tensor], maxima: list[Tensor], *,
                    lr: Tensor | float, shrink: Tensor) -> None:
-    """One Fromage step on a list of tensors sharing a device and dtype. ``shrink`` is
-    sqrt(1 + lr^2); ``maxima`` is empty without p_bound. Per-tensor norms from one multi-tensor norm
-    each, no value read back from the device."""
+    """One Fromage step on a list of tensors sharing a device and dtype, norms included (accelerators,
+    where the compiled path fuses each tensor's norms and step). ``shrink`` is sqrt(1 + lr^2);
+    ``maxima`` is empty without p_bound. No value is read back from the device."""
     ratios = trust_ratios(tensor_norms(params), tensor_norms(grads))
     add_scaled_per_tensor_(params, grads, -lr * ratios)
     torch._foreach_div_(params, shrink)
-    if maxima:
-        norms = tensor_norms(params)
-        bound = torch.stack(maxima).to(norms.dtype)
-        factors = torch.where(norms > bound, bound / norms, torch.ones_like(norms))
-        torch._foreach_mul_(params, list(factors.to(params[0].dtype).unbind()))
+    cap_norms_(params, maxima)
+
+
+def fromage_rated_step(params: list[Tensor], grads: list[Tensor], scales: list[Tensor], *,
+                       shrink: Tensor | float) -> None:
+    """``p <- (p + scale g) / shrink``, each tensor's ``scale = -lr ||p|| / ||g||`` a 0-d tensor in
+    ``scales``: elementwise, so the compiled path runs it as one graph on flat views (a CPU's layout)."""
+    torch._foreach_add_(params, torch._foreach_mul(grads, scales))
+    torch._foreach_div_(params, shrink)
+
+
+def cap_norms_(params: list[Tensor], maxima: list[Tensor]) -> None:
+    """``p <- p M / ||p||`` wherever ``||p|| > M`` (p_bound's cap; nothing when ``maxima`` is empty)."""
+    if not maxima:
+        return
+    norms = tensor_norms(params)
+    bound = torch.stack(maxima).to(norms.dtype)
+    factors = torch.where(norms > bound, bound / norms, torch.ones_like(norms))
+    torch._foreach_mul_(params, list(factors.to(params[0].dtype).unbind()))
+
+
+def _scales_in_update(device_type: str) -> bool:
+    """Whether the norms are taken inside the update function (on accelerators: one multi-tensor norm,
+    or fused per tensor when compiled) rather than before it (on a CPU, where BLAS dot products read
+    faster than either)."""
+    return device_type != "cpu"
 
 
 class Fromage(Optimizer):
@@ -64,8 +85,9 @@ class Fromage(Optimizer):
         p_bound: cap every tensor's norm at p_bound times its norm at its first step (default None: no
             cap). As in the authors' code it is one value for the optimizer, and a tensor that is zero
             at its first step is held at zero (its cap is 0): keep zero-initialised biases out of it.
-        compiled: use the compiled update (flat chunks, norms and step fused per tensor; None:
-            decided by ``RVC_OPTIM_COMPILE`` off a CPU, eager on a CPU, where the build does not pay).
+        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``). On
+            accelerators each tensor's norms and step are fused; on a CPU the norms stay eager and the
+            step is one elementwise graph.
 
     Deviations from the reference:
         * norms and ratios stay on the device (the authors' code reads them with ``.item()``);
@@ -79,9 +101,8 @@ class Fromage(Optimizer):
             check_positive(p_bound, "p_bound")
         self.p_bound = p_bound
         super().__init__(params, dict(lr=lr))
-        # auto stays eager on a CPU: compiled, the step was 1.85x the floor against 1.90x eager on G+D, which
-        # repays a 22 s build only after about 4,900 steps (benchmarks/results/step_time_cpu_default_rerun.md)
-        self._update = UpdateFunction(fromage_update, compiled, elementwise=False, flat=True, cpu_auto=False)
+        self._update = UpdateFunction(fromage_update, compiled, elementwise=False, flat=True)
+        self._rated_step = UpdateFunction(fromage_rated_step, compiled)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -94,16 +115,30 @@ class Fromage(Optimizer):
             params, grads = params_with_grad(group, "Fromage")
             if not params:
                 continue
-            lr = group["lr"]
             for device, dtype, (p, g) in group_by_device_and_dtype(params, grads):
-                maxima = []
-                if self.p_bound is not None:
-                    fresh = [x for x in p if "max" not in self.state[x]]
-                    if fresh:
-                        for x, norm in zip(fresh, (self.p_bound * tensor_norms(fresh)).unbind()):
-                            self.state[x]["max"] = norm
-                    maxima = [self.state[x]["max"] for x in p]
-                lr_t = scalar(lr, device, dtype)
-                scalars = dict(lr=lr_t, shrink=torch.sqrt(1.0 + lr_t * lr_t))
-                self._update(p, g, maxima, device_type=device.type, **scalars)
+                self._step(p, g, self._maxima(p), scalar(group["lr"], device, dtype), device)
         return loss
+
+    def _maxima(self, params: list[Tensor]) -> list[Tensor]:
+        """Every tensor's cap M (set at its first step), or an empty list without p_bound."""
+        if self.p_bound is None:
+            return []
+        fresh = [x for x in params if "max" not in self.state[x]]
+        if fresh:
+            for x, norm in zip(fresh, (self.p_bound * tensor_norms(fresh)).unbind()):
+                self.state[x]["max"] = norm
+        return [self.state[x]["max"] for x in params]
+
+    def _step(self, params: list[Tensor], grads: list[Tensor], maxima: list[Tensor], lr: Tensor,
+              device: torch.device) -> None:
+        shrink = torch.sqrt(1.0 + lr * lr)
+        if _scales_in_update(device.type) or not resolve_compiled(self._rated_step.compiled, "cpu",
+                                                                  sum(p.numel() for p in params)):
+            # eager on a CPU this is BLAS dot products for the norms, then one fused add per tensor
+            self._update(params, grads, maxima, lr=lr, shrink=shrink, device_type=device.type)
+            return
+        # compiled on a CPU: the norms eager (BLAS dot products read faster than inductor's sums here), the
+        # step one elementwise graph with per-tensor 0-d scales
+        scales = -lr * trust_ratios(tensor_norms(params), tensor_norms(grads))
+        self._rated_step(params, grads, list(scales.to(params[0].dtype).unbind()), shrink=shrink, device_type="cpu")
+        cap_norms_(params, maxima)
