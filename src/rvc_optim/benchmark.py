@@ -486,7 +486,7 @@ def _has_auto_compiled_update(algorithm: str) -> bool:
         return False
     extra = {"num_iterations": RUN_LENGTH} if optimizer_info(algorithm).protocol.run_length is not None else {}
     optimizer = _quiet(create_optimizer, algorithm, [torch.nn.Parameter(torch.zeros(2, 2))], **extra)
-    return any(isinstance(v, UpdateFunction) and v.flat and v.cpu_auto and v.compiled is None
+    return any(isinstance(v, UpdateFunction) and v.flat and v.compiled is None
                for v in vars(optimizer).values())
 
 

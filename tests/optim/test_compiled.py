@@ -255,8 +255,6 @@ def test_auto_decides_by_the_update_size_and_keeps_whole_tensor_updates_eager(mo
     assert UpdateFunction(lambda xs: None)._auto_numel([big], "cpu") == CPU_AUTO_COMPILE_NUMEL
     assert UpdateFunction(lambda xs: None, elementwise=False)._auto_numel([big], "cpu") is None
     assert UpdateFunction(lambda xs: None, compiled=False)._auto_numel([big], "cpu") is None
-    # an update whose build does not repay itself on a CPU (Fromage's) stays eager there under auto
-    assert UpdateFunction(lambda xs: None, flat=True, elementwise=False, cpu_auto=False)._auto_numel([big], "cpu") is None
     assert resolve_compiled(None, "cuda") is compile_available("cuda")  # elsewhere auto is unchanged
 
 

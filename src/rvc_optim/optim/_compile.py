@@ -30,8 +30,7 @@ The choice between eager and compiled:
   default): compile on CUDA, and on a CPU for an elementwise (or ``flat``) update of at least
   :data:`CPU_AUTO_COMPILE_NUMEL` elements, where the cold build (14-46 s on 2 cores) pays for itself
   within 1,000 steps (measured on RVC's sets: ``benchmarks/results/step_time_cpu_default_*.md``).
-  A small model (the demo's) stays eager, where a build would not pay, and so does an update built with
-  ``cpu_auto=False`` (one measured not to repay its build on a CPU: Fromage's).
+  A small model (the demo's) stays eager, where a build would not pay.
 
 A compiled update that fails to build falls back to the eager function with one warning. An update of
 whole tensors that the chunk graphs cannot take (lists of different lengths, sizes branched on) is
@@ -283,15 +282,12 @@ class UpdateFunction:
     """
 
     def __init__(self, fn: Callable[..., Any], compiled: bool | None = None, *, elementwise: bool = True,
-                 flat: bool = False, min_numel: int = 2, cpu_auto: bool = True) -> None:
+                 flat: bool = False, min_numel: int = 2) -> None:
         self.fn = fn
         self.compiled = compiled
         self.elementwise = elementwise
         self.flat = flat or elementwise  # whole tensors whose shapes fn never reads (norms): flat views serve
         self.min_numel = max(2, min_numel)
-        # whether ``auto`` may compile this update on a CPU (False: an update whose build does not repay
-        # itself there, measured; ``compiled=True`` and ``RVC_OPTIM_COMPILE=1`` still compile it)
-        self.cpu_auto = cpu_auto
         self._whole_by_chunks = True
         self._stay_eager = False
         self._flat_views = FlatViews()
@@ -322,7 +318,7 @@ class UpdateFunction:
     def _auto_numel(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> int | None:
         """The element count ``auto`` decides by on a CPU: updates on flat views only (their build is one
         graph; a whole-tensor update builds one per rank, and may need dynamo's whole-list graph)."""
-        if self.compiled is not None or device_type != "cpu" or not self.flat or not self.cpu_auto:
+        if self.compiled is not None or device_type != "cpu" or not self.flat:
             return None
         return sum(map(Tensor.numel, tensor_lists[0]))
 
@@ -330,12 +326,11 @@ class UpdateFunction:
         """Run with the empty lists (an optional state, such as a switched-off compensation buffer) taken
         out, and put back as empty lists in every call of ``fn``."""
         present = tuple(i for i, lst in enumerate(tensor_lists) if lst)
-        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, self.cpu_auto, len(tensor_lists),
+        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, len(tensor_lists),
                present)
         if key not in _WITHOUT_EMPTY:
             _WITHOUT_EMPTY[key] = UpdateFunction(_without_empty(self.fn, len(tensor_lists), present), self.compiled,
-                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel,
-                                                 cpu_auto=self.cpu_auto)
+                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel)
         return _WITHOUT_EMPTY[key](*(tensor_lists[i] for i in present), device_type=device_type, **scalars)
 
     def _run_blocked(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
