@@ -96,19 +96,31 @@ def reproject_(tensors: list[Tensor]) -> None:
     (row sums, row norms) and one writing pass, ``p <- (p - mean) / norm`` as one fused op, with no
     temporary the size of a tensor (:func:`project_` makes three, which cost Nero two thirds of its step
     on RVC's discriminator). The centred norm is taken as ``sqrt(||p||^2 - n mean^2)``: one step from the
-    set each row's mean is about lr times its norm, so the subtraction loses nothing worth the name."""
-    for p in tensors:
-        rows = _rows(p)
-        n = rows.shape[1]
-        mean = rows.sum(dim=1, keepdim=True) / n
-        centred_sq = torch.linalg.vector_norm(rows, dim=1, keepdim=True).square_() - n * mean * mean
-        norm = centred_sq.clamp_min_(0).sqrt_()
-        inv = torch.where(norm > 0, norm, torch.ones_like(norm)).reciprocal_()
-        shift = -mean * inv
-        if p.is_contiguous():  # rows is a view of p: written in place
-            torch.addcmul(shift, rows, inv, out=rows)
+    set each row's mean is about lr times its norm, so the subtraction loses nothing worth the name.
+
+    The per-row arithmetic between the passes runs as multi-tensor ops over all the tensors' rows at
+    once (eight small ops per tensor took 19 ms of a 110 ms step on RVC's generator, 205 tensors)."""
+    if not tensors:
+        return
+    rows = [_rows(p) for p in tensors]
+    widths = [float(r.shape[1]) for r in rows]
+    means = torch._foreach_div([r.sum(dim=1, keepdim=True) for r in rows], widths)
+    norms = [torch.linalg.vector_norm(r, dim=1, keepdim=True) for r in rows]
+    centred_sq = torch._foreach_mul(norms, norms)
+    mean_sq = torch._foreach_mul(means, widths)  # n mean mean, in that order
+    torch._foreach_mul_(mean_sq, means)
+    torch._foreach_sub_(centred_sq, mean_sq)
+    torch._foreach_clamp_min_(centred_sq, 0.0)
+    torch._foreach_sqrt_(centred_sq)
+    norm = torch.cat(centred_sq)  # a centred norm of 0 (a constant row) divides by 1: the row becomes 0
+    inverses = torch.where(norm > 0, norm, torch.ones_like(norm)).reciprocal_().split([r.shape[0] for r in rows])
+    shifts = torch._foreach_neg(means)
+    torch._foreach_mul_(shifts, inverses)
+    for p, r, shift, inv in zip(tensors, rows, shifts, inverses):
+        if p.is_contiguous():  # r is a view of p: written in place
+            torch.addcmul(shift, r, inv, out=r)
         else:
-            p.copy_(torch.addcmul(shift, rows, inv).view_as(p))
+            p.copy_(torch.addcmul(shift, r, inv).view_as(p))
 
 
 def _frozen(group: dict[str, Any]) -> bool:
