@@ -93,8 +93,8 @@ def project_(tensors: list[Tensor], keep_on_constraint: bool = False) -> None:
 
 def reproject_(tensors: list[Tensor]) -> None:
     """:func:`project_` for tensors one step away from the constraint set, in place: two reading passes
-    (row sums, row norms) and one writing pass, ``p <- (p - mean) / norm`` as one fused op, with no
-    temporary the size of a tensor (:func:`project_` makes three, which cost Nero two thirds of its step
+    (row sums, row norms), then ``p <- p inv - mean inv`` with ``inv = 1 / norm``, a multiply and an add
+    in place, with no temporary the size of a tensor (:func:`project_` makes three, which cost Nero two thirds of its step
     on RVC's discriminator). The centred norm is taken as ``sqrt(||p||^2 - n mean^2)``: one step from the
     set each row's mean is about lr times its norm, so the subtraction loses nothing worth the name.
 
@@ -117,8 +117,8 @@ def reproject_(tensors: list[Tensor]) -> None:
     shifts = torch._foreach_neg(means)
     torch._foreach_mul_(shifts, inverses)
     for p, r, shift, inv in zip(tensors, rows, shifts, inverses):
-        if p.is_contiguous():  # r is a view of p: written in place
-            torch.addcmul(shift, r, inv, out=r)
+        if p.is_contiguous():  # r is a view of p: written in place (addcmul with out=r took 1.3x as long)
+            r.mul_(inv).add_(shift)
         else:
             p.copy_(torch.addcmul(shift, r, inv).view_as(p))
 
