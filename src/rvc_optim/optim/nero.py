@@ -94,8 +94,8 @@ def project_(tensors: list[Tensor], keep_on_constraint: bool = False) -> None:
 def reproject_(tensors: list[Tensor]) -> None:
     """:func:`project_` for tensors one step away from the constraint set, in place: two reading passes
     (row sums, row norms), then ``p <- p inv - mean inv`` with ``inv = 1 / norm``, a multiply and an add
-    in place, with no temporary the size of a tensor (:func:`project_` makes three, which cost Nero two thirds of its step
-    on RVC's discriminator). The centred norm is taken as ``sqrt(||p||^2 - n mean^2)``: one step from the
+    in place, with no temporary the size of a tensor (:func:`project_` makes three, which cost Nero two
+    thirds of its step on RVC's discriminator). The centred norm is taken as ``sqrt(||p||^2 - n mean^2)``: one step from the
     set each row's mean is about lr times its norm, so the subtraction loses nothing worth the name.
 
     The per-row arithmetic between the passes runs as multi-tensor ops over all the tensors' rows at
