@@ -97,3 +97,19 @@ def test_parity_with_timm_with_tensor_scalars(case, monkeypatch):
     run_parity(lambda groups: LAMB(groups, betas=BETAS, eps=1e-8, **options),
                lambda groups: TimmLamb(groups, betas=BETAS, eps=1e-8, foreach=False, **options),
                GROUPS, STATE_KEYS, steps=50)
+
+
+def test_eager_cpu_step_writes_its_updates_into_one_kept_batch_buffer():
+    """A CPU's eager step forms the updates batch by batch in one buffer kept between steps, not a
+    fresh parameter-sized list each step (whose pages faulted in every step)."""
+    params = [torch.nn.Parameter(torch.randn(1000)) for _ in range(600)] + [torch.nn.Parameter(torch.randn(300, 400))]
+    opt = LAMB(params, compiled=False)
+    pointers = []
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        (buffer,) = opt._scratch.values()
+        pointers.append(buffer.data_ptr())
+    assert pointers[0] == pointers[1]
+    assert buffer.numel() < sum(p.numel() for p in params)
