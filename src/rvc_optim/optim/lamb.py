@@ -15,7 +15,8 @@ Update for each tensor p with gradient g, step t, over all groups::
     p <- p - lr r u                                       trust_clip: r <- min(r, 1)
 
 Every layer therefore moves by about lr relative to its own norm, whatever its gradient scale. State:
-``exp_avg`` and ``exp_avg_sq`` (Adam's). Pick it for very large batches, or when an Adam with a
+``exp_avg`` and ``exp_avg_sq`` (Adam's); an eager step on a CPU also keeps one work buffer of about
+2**18 elements plus the largest tensor (not saved with the state). Pick it for very large batches, or when an Adam with a
 per-layer step bound is wanted; with weight_decay 0 and always_adapt off it is Adam.
 
 The module also holds what the layer-wise optimizers share: per-tensor norms taken with one
@@ -168,14 +169,15 @@ def lamb_batch_step(
     exp_avg_sqs: list[Tensor],
     *,
     scratch: Tensor,
-    lr: float,
+    lr: Tensor | float,
     trust_clip: bool,
     **moments: Any,
 ) -> None:
     """:func:`lamb_layer_update` for a CPU's eager step, one cache-sized batch of whole tensors at a
     time: the updates u are written into ``scratch`` (a flat buffer at least the batch's size, reused
     from batch to batch and step to step) and each tensor's step takes its ratio as a Python float.
-    A fresh parameter-sized u every step cost its page faults: 38 ms of a 190 ms step on RVC's generator."""
+    A fresh parameter-sized u every step cost its page faults: RVC's discriminator, one step measured
+    alone, 407 ms with them, about 340 without (its generator's step stayed at about 190)."""
     if scratch.numel() < sum(p.numel() for p in params):  # a batch larger than the buffer was sized for
         scratch = torch.empty(sum(p.numel() for p in params), dtype=scratch.dtype, device=scratch.device)
     updates, offset = [], 0
