@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch._dynamo
 
+from rvc_optim import create_optimizer
 from rvc_optim.capabilities import capabilities_of
 from rvc_optim.catalog import RECORDS
 from rvc_optim.driver import ProtocolDriver
@@ -285,3 +286,51 @@ def test_dynamo_whole_list_graph_only_when_compiling_was_asked_for(monkeypatch, 
     update(xs, ys, device_type="cuda")
     torch.testing.assert_close(xs[0], torch.full((4,), 4.0))
     assert len(dynamo_builds) == (2 if mode == "1" else 0)
+
+
+ACCELERATOR_TRACE_SHAPES = [(64, 32, 7), (128,), (33, 7), (256, 64), (16, 8, 5, 1), (1,), (300,)]
+# AdaFactor, CAME and SM3: lists of different lengths, compiled on accelerators only by dynamo's
+# whole-list graph, which this test replaces by the eager function (its branches are the fake-CUDA
+# sync test's)
+DYNAMO_ONLY = {"AdaFactor", "CAME", "SM3"}
+
+
+@pytest.mark.parametrize("record", [r for r in RECORDS if r.available and capabilities_of(r.cls).compiled],
+                         ids=lambda r: r.name)
+def test_the_accelerator_graphs_trace_with_no_host_read(record, monkeypatch):
+    """Off a CPU the compiled updates take other branches (0-d device scalars, norms inside the
+    update): graphs that cannot be built without a GPU, but can be traced. On the meta device, which
+    takes every non-CPU branch, each optimizer's compiled path is traced into its chunk graphs and the
+    traced graph itself runs instead of inductor's code. A graph that reads a device value back
+    (``aten._local_scalar_dense``: A2Grad's lerp with a 0-d weight did, once per tensor) or branches on
+    a size fails here."""
+    import rvc_optim.optim._compile as compile_module
+
+    traced = []
+
+    def trace_only(graph, fakes, **options):
+        traced.append(graph)
+        return graph
+
+    monkeypatch.setattr(compile_module, "compile_available", lambda device_type: True)
+    monkeypatch.setattr(torch._inductor, "standalone_compile", trace_only)
+    monkeypatch.setattr(compile_module, "_compiled", lambda fn, dynamic: fn)
+    # Prodigy's one documented read, when its state is created (an all-zero parameter keeps a 0-d p0)
+    monkeypatch.setattr("rvc_optim.optim.prodigy._any_nonzero", lambda tensors: [True] * len(tensors))
+    params = [torch.nn.Parameter(torch.randn(shape, device="meta")) for shape in ACCELERATOR_TRACE_SHAPES]
+    extra = {"num_iterations": 100} if record.protocol.run_length is not None else {}
+    clear_graphs()
+    try:
+        optimizer = create_optimizer(record.name, params, compiled=True, **extra)
+        if callable(getattr(optimizer, "train", None)):
+            optimizer.train()
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, device="meta")
+            optimizer.step()
+    finally:
+        clear_graphs()
+    reads = [node.format_node() for graph in traced for node in graph.graph.nodes
+             if node.target is torch.ops.aten._local_scalar_dense.default]
+    assert not reads, f"{record.name}'s compiled graph reads a device value: {reads[0]}"
+    assert traced or record.name in DYNAMO_ONLY

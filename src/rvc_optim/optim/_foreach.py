@@ -43,6 +43,7 @@ __all__ = [
     "foreach_sums_of_nonnegative",
     "group_by_device_and_dtype",
     "group_value",
+    "lerp_",
     "params_with_grad",
     "per_tensor_scalars",
     "run_closure",
@@ -167,6 +168,21 @@ def add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: Tensor | fl
         torch._foreach_add_(targets, torch._foreach_mul(tensors, scale))
     else:
         torch._foreach_add_(targets, tensors, alpha=scale)
+
+
+def lerp_(targets: list[Tensor], ends: list[Tensor], weight: Tensor | float) -> None:
+    """``targets <- lerp(targets, ends, weight)`` for a Python float or a 0-d tensor ``weight``.
+
+    ``_foreach_lerp_`` has no overload for a 0-d tensor weight: its argument parser reads it back with
+    ``.item()``, a host synchronisation on an accelerator (and, traced for the compiled path, a read
+    inside the graph). Off the CPU the weight therefore goes in as a list of 0-d tensors: the same
+    rounding for float32 and float64 tensors; for bfloat16/float16 ones the kernel rounds the weight to
+    the tensors' dtype, an error of at most 2**-9 of the increment. A CPU tensor is read on the host,
+    which costs nothing, and gives the exact scalar ``lerp``."""
+    if isinstance(weight, Tensor) and weight.device.type != "cpu":
+        torch._foreach_lerp_(targets, ends, [weight] * len(targets))
+    else:
+        torch._foreach_lerp_(targets, ends, weight)
 
 
 def addcdiv_scaled_(targets: list[Tensor], numerators: list[Tensor], denominators: list[Tensor],

@@ -46,6 +46,7 @@ from rvc_optim.optim._foreach import (
     check_nonnegative,
     check_positive,
     group_by_device_and_dtype,
+    lerp_,
     params_with_grad,
     run_closure,
     scalar,
@@ -94,7 +95,7 @@ def a2grad_update(
         return
     steps = torch._foreach_mul(grads, list(coefs.unbind()))
     torch._foreach_sub_(x_ks, steps)
-    torch._foreach_lerp_(params, x_ks, a_next)
+    lerp_(params, x_ks, a_next)
     add_scaled_(params, steps, -(1.0 - a_next) * a)
 
 
@@ -137,7 +138,7 @@ def a2grad_apply(params: list[Tensor], grads: list[Tensor], diffs: list[Tensor],
     torch._foreach_mul_(diffs, shrink)
     torch._foreach_add_(diffs, grads)
     torch._foreach_sub_(x_ks, steps)
-    torch._foreach_lerp_(params, x_ks, a_next)
+    lerp_(params, x_ks, a_next)
     add_scaled_(params, steps, -(1.0 - a_next) * a)
 
 

@@ -77,6 +77,7 @@ from rvc_optim.optim._foreach import (
     check_nonnegative,
     check_weight_decay,
     group_by_device_and_dtype,
+    lerp_,
     params_with_grad,
     run_closure,
     scalar,
@@ -105,16 +106,9 @@ def _step_y_and_z_(
     stored. ``lerp`` with the 0-d weight rounds exactly as the authors' ``lerp_`` with a float weight
     (checked in float64, float32 and bfloat16 on torch 2.13's CPU kernels).
 
-    ``c`` may be a Python float (the exact ``lerp``) or a 0-d tensor. ``_foreach_lerp_`` has no overload
-    for a 0-d tensor weight: its argument parser reads it back with ``.item()``, a host synchronisation
-    on an accelerator. There the weight goes in as a list of 0-d tensors (the same rounding for float32
-    and float64 parameters; for bfloat16/float16 ones the kernel rounds the weight to the parameter's
-    dtype, an error of at most 2**-9 of the y increment). A CPU tensor is read on the host: no sync.
+    ``c`` may be a Python float (the exact ``lerp``) or a 0-d tensor (see :func:`lerp_`: no host read).
     """
-    if isinstance(c, Tensor) and c.device.type != "cpu":
-        torch._foreach_lerp_(y, z, [c] * len(y))
-    else:
-        torch._foreach_lerp_(y, z, c)
+    lerp_(y, z, c)
     add_scaled_(y, direction, y_weight)
     add_scaled_(z, direction, -lr)
 
