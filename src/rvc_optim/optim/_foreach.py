@@ -51,6 +51,7 @@ __all__ = [
     "state_tensor",
     "statistic_dtype",
     "step_counter",
+    "write_into_",
 ]
 
 
@@ -183,6 +184,25 @@ def lerp_(targets: list[Tensor], ends: list[Tensor], weight: Tensor | float) -> 
         torch._foreach_lerp_(targets, ends, [weight] * len(targets))
     else:
         torch._foreach_lerp_(targets, ends, weight)
+
+
+_IN_PLACE = {torch.mul: torch._foreach_mul_, torch.rsqrt: torch._foreach_rsqrt_, torch.abs: torch._foreach_abs_}
+
+
+def write_into_(outs: list[Tensor], fn: Callable[..., Tensor], tensors: list[Tensor], *others: list[Tensor]) -> list[Tensor]:
+    """``outs[i] <- fn(tensors[i], *others[i])`` for ``torch.mul``, ``torch.rsqrt`` or ``torch.abs``, written
+    over ``outs`` (spent temporaries of the same shapes), which are returned.
+
+    On an eager CPU step each tensor takes one pass with ``out=``; elsewhere a multi-tensor copy and the
+    multi-tensor in-place op. (On a CPU a new tensor the size of a large kernel costs its page faults,
+    hence writing over spent ones; a copy and an in-place op read the data twice.)"""
+    if eager_on_cpu(outs[0]):
+        for i, out in enumerate(outs):
+            fn(tensors[i], *(other[i] for other in others), out=out)
+    else:
+        torch._foreach_copy_(outs, tensors)
+        _IN_PLACE[fn](outs, *others)
+    return outs
 
 
 def addcdiv_scaled_(targets: list[Tensor], numerators: list[Tensor], denominators: list[Tensor],

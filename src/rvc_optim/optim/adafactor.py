@@ -53,6 +53,7 @@ from rvc_optim.optim._foreach import (
     scalar,
     state_tensor,
     step_counter,
+    write_into_,
 )
 
 __all__ = ["COLUMN", "MATRIX", "VECTOR", "AdaFactor", "adafactor_update", "by_device_and_dtype", "check_eps_pair",
@@ -111,9 +112,7 @@ def factored_second_moment_(
         row_factors = torch._foreach_div(rows[:n], [r.mean(dim=-1, keepdim=True) for r in rows[:n]])
         torch._foreach_rsqrt_(row_factors)
         col_factors = torch._foreach_rsqrt(cols)
-        out = list(squares[:n])
-        torch._foreach_copy_(out, grads[:n])
-        torch._foreach_mul_(out, [r.unsqueeze(-1) for r in row_factors])
+        out = write_into_(list(squares[:n]), torch.mul, grads[:n], [r.unsqueeze(-1) for r in row_factors])
         torch._foreach_mul_(out, [c.unsqueeze(-2) for c in col_factors])
     if len(rows) > n:
         inverse_sqrt_times_([s.squeeze(-1) for s in squares[n:]], rows[n:], [g.squeeze(-1) for g in grads[n:]])
@@ -126,8 +125,7 @@ def inverse_sqrt_times_(out: list[Tensor], second_moments: list[Tensor], grads: 
 
     On a CPU a new tensor the size of a large kernel costs its page faults, more than a copy into
     memory already touched: D, one AdaFactor step, 419 ms with new tensors, 356 ms with this."""
-    torch._foreach_copy_(out, second_moments)
-    torch._foreach_rsqrt_(out)
+    write_into_(out, torch.rsqrt, second_moments)
     torch._foreach_mul_(out, grads)
     return out
 

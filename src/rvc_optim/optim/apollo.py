@@ -47,6 +47,7 @@ from rvc_optim.optim._foreach import (
     run_closure,
     scalar,
     state_tensor,
+    write_into_,
 )
 
 __all__ = ["Apollo", "apollo_update"]
@@ -92,18 +93,14 @@ def apollo_update(
     squares = torch._foreach_mul(updates, updates)
     norms = per_tensor_scalars(torch.stack(torch._foreach_norm(squares)).sqrt_().add_(eps))
     torch._foreach_div_(updates, norms)  # d -> dn
-    torch._foreach_copy_(squares, updates)
-    torch._foreach_mul_(squares, updates)  # dn^2
+    write_into_(squares, torch.mul, updates, updates)  # dn^2
     torch._foreach_div_(deltas, norms)
     torch._foreach_mul_(deltas, updates)  # delta / n * dn, in place: delta is not needed any more
     secants = _sums(deltas).mul_(-alpha)
-    torch._foreach_copy_(deltas, hessians)
-    torch._foreach_mul_(deltas, squares)  # B * dn^2
+    write_into_(deltas, torch.mul, hessians, squares)  # B * dn^2
     secants.sub_(_sums(deltas))
     torch._foreach_addcmul_(hessians, squares, list(secants.unbind()))  # B <- B + s * dn^2
-    denoms = squares
-    torch._foreach_copy_(denoms, hessians)
-    torch._foreach_abs_(denoms)
+    denoms = write_into_(squares, torch.abs, hessians)
     if belief:
         torch._foreach_maximum_(denoms, rebounds)
         torch._foreach_add_(denoms, eps / alpha)

@@ -53,6 +53,7 @@ from rvc_optim.optim._foreach import (
     scalar,
     scalar_dtype,
     state_tensor,
+    write_into_,
 )
 
 __all__ = ["LAMB", "add_scaled_per_tensor_", "lamb_batch_step", "lamb_layer_update", "lamb_moments", "tensor_norms",
@@ -131,8 +132,7 @@ def lamb_moments(
     if weight_decay == 0.0:
         torch._foreach_zero_(updates)
     else:
-        torch._foreach_copy_(updates, params)
-        torch._foreach_mul_(updates, weight_decay)
+        write_into_(updates, torch.mul, params, [weight_decay] * len(params))
     addcdiv_scaled_(updates, exp_avgs, denom, step_size)
 
 
