@@ -334,3 +334,29 @@ def test_the_accelerator_graphs_trace_with_no_host_read(record, monkeypatch):
              if node.target is torch.ops.aten._local_scalar_dense.default]
     assert not reads, f"{record.name}'s compiled graph reads a device value: {reads[0]}"
     assert traced or record.name in DYNAMO_ONLY
+
+
+def test_batch_buffer_views_are_aligned_disjoint_and_kept_between_calls():
+    from rvc_optim.optim._compile import batch_buffer, views_of
+
+    tensors = [torch.empty(n) for n in (5, 17, 16, 1, 40)]
+    buffers: dict = {}
+    buffer = batch_buffer(buffers, tensors)
+    assert batch_buffer(buffers, tensors) is buffer
+    views = views_of(buffer, tensors)
+    assert [v.shape for v in views] == [t.shape for t in tensors]
+    starts = [v.data_ptr() - buffer.data_ptr() for v in views]
+    assert all(start % 64 == 0 for start in starts)  # as a new tensor is aligned: reductions add alike
+    ends = [start + v.numel() * 4 for start, v in zip(starts, views)]
+    assert all(end <= nxt for end, nxt in zip(ends, starts[1:]))
+
+
+def test_run_by_tensor_batches_passes_a_buffer_only_to_cpu_batches(monkeypatch):
+    seen = []
+    update = UpdateFunction(lambda xs, buffer: seen.append(buffer), compiled=False, elementwise=False)
+    xs = [torch.ones(BLOCK_NUMEL), torch.ones(3)]
+    run_by_tensor_batches(update, (xs,), device_type="cpu", work_buffers={})
+    assert len(seen) == 2 and all(b is not None and b.numel() >= BLOCK_NUMEL for b in seen)
+    seen.clear()
+    run_by_tensor_batches(update, (xs,), device_type="cuda", work_buffers={})  # whole lists: no buffer
+    assert seen == [None]

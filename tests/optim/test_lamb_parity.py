@@ -109,7 +109,7 @@ def test_eager_cpu_step_writes_its_updates_into_one_kept_batch_buffer():
         for p in params:
             p.grad = torch.randn_like(p)
         opt.step()
-        (buffer,) = opt._scratch.values()
+        (buffer,) = opt._work_buffers.values()
         pointers.append(buffer.data_ptr())
     assert pointers[0] == pointers[1]
     assert buffer.numel() < sum(p.numel() for p in params)

@@ -33,8 +33,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.optim import Optimizer
 
-from rvc_optim.optim import _compile
-from rvc_optim.optim._compile import UpdateFunction, resolve_compiled, run_by_tensor_batches
+from rvc_optim.optim._compile import UpdateFunction, resolve_compiled, run_by_tensor_batches, views_of
 from rvc_optim.optim.adan import global_clip_factor
 from rvc_optim.optim._foreach import (
     add_scaled_,
@@ -168,22 +167,17 @@ def lamb_batch_step(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     *,
-    scratch: Tensor,
+    buffer: Tensor,
     lr: Tensor | float,
     trust_clip: bool,
     **moments: Any,
 ) -> None:
     """:func:`lamb_layer_update` for a CPU's eager step, one cache-sized batch of whole tensors at a
-    time: the updates u are written into ``scratch`` (a flat buffer at least the batch's size, reused
-    from batch to batch and step to step) and each tensor's step takes its ratio as a Python float.
-    A fresh parameter-sized u every step cost its page faults: RVC's discriminator, one step measured
-    alone, 407 ms with them, about 340 without (its generator's step stayed at about 190)."""
-    if scratch.numel() < sum(p.numel() for p in params):  # a batch larger than the buffer was sized for
-        scratch = torch.empty(sum(p.numel() for p in params), dtype=scratch.dtype, device=scratch.device)
-    updates, offset = [], 0
-    for p in params:
-        updates.append(scratch[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
+    time: the updates u are written into ``buffer`` (kept between steps, see
+    :func:`~rvc_optim.optim._compile.batch_buffer`) and each tensor's step takes its ratio as a Python
+    float. A fresh parameter-sized u every step cost its page faults: RVC's discriminator, one step
+    measured alone, 407 ms with them, about 340 without (its generator's step stayed at about 190)."""
+    updates = views_of(buffer, params)
     lamb_moments(params, grads, exp_avgs, exp_avg_sqs, updates, **moments)
     ratios = _update_trust_ratios(params, updates, trust_clip)
     for p, u, factor in zip(params, updates, (-lr * ratios).tolist()):
@@ -247,22 +241,12 @@ class LAMB(Optimizer):
         ))
         self._adam_step = UpdateFunction(_lamb_adam_step, compiled)
         self._batch_step = UpdateFunction(lamb_batch_step, False, elementwise=False)
-        self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._work_buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # a CPU's eager step (not state)
         self._layer_update = UpdateFunction(lamb_layer_update, compiled, elementwise=False, flat=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_scratch", {})
-
-    def _scratch_for(self, params: list[Tensor]) -> Tensor:
-        """A flat buffer for the updates of any batch of these tensors on a CPU's eager step (a batch
-        holds less than BLOCK_NUMEL elements plus its last tensor), kept between steps."""
-        numel = _compile.BLOCK_NUMEL + max(p.numel() for p in params)
-        key = (params[0].device, params[0].dtype)
-        buffer = self._scratch.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = self._scratch[key] = torch.empty(numel, dtype=key[1], device=key[0])
-        return buffer
+        self.__dict__.setdefault("_work_buffers", {})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -302,7 +286,7 @@ class LAMB(Optimizer):
                                        step_size=step_size, **scalars)
                     continue
                 # a CPU, eager: batches of whole tensors, each tensor's step with its ratio as a Python float
-                run_by_tensor_batches(self._batch_step, (p, g, m, v), scratch=self._scratch_for(p),
+                run_by_tensor_batches(self._batch_step, (p, g, m, v), work_buffers=self._work_buffers,
                                       lr=scalar(lr, device, dtype), trust_clip=group["trust_clip"],
                                       step_size=step_size, **scalars)
         return loss
