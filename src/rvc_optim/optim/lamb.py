@@ -180,8 +180,7 @@ def lamb_batch_step(
     updates = views_of(buffer, params)
     lamb_moments(params, grads, exp_avgs, exp_avg_sqs, updates, **moments)
     ratios = _update_trust_ratios(params, updates, trust_clip)
-    for p, u, factor in zip(params, updates, (-lr * ratios).tolist()):
-        p.add_(u, alpha=factor)
+    add_scaled_per_tensor_(params, updates, -lr * ratios)
 
 
 def _lamb_adam_step(params, grads, exp_avgs, exp_avg_sqs, **scalars):
