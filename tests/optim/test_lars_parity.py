@@ -72,7 +72,7 @@ def test_parity_with_timm_on_the_whole_list_path(case, rates_in_update, monkeypa
     # eager path runs one blocked update per tensor. Force the first two here, eagerly, with the
     # per-step scalars as 0-d tensors, as an accelerator passes them.
     monkeypatch.setattr("rvc_optim.optim.lars.resolve_compiled", lambda *args: True)
-    monkeypatch.setattr("rvc_optim.optim.lars._rates_in_update", lambda device_type: rates_in_update)
+    monkeypatch.setattr("rvc_optim.optim.lars.norms_in_update", lambda device_type: rates_in_update)
     run_whole_lists_with_tensor_scalars(monkeypatch)
     options = CASES[case]
     run_parity(lambda groups: LARS(groups, **options), lambda groups: TimmLars(groups, foreach=False, **options),

@@ -581,6 +581,9 @@ def clear_graphs() -> None:
     _GRAPH_COUNTS.clear()
 
 
+_VIEW_ALIGN = 16  # elements: each view starts 64 bytes (float32) from the last, as a new tensor would
+
+
 def batch_buffer(buffers: dict[tuple[torch.device, torch.dtype], Tensor], tensors: list[Tensor]) -> Tensor:
     """A flat buffer for one temporary of any batch of ``tensors`` that :func:`run_by_tensor_batches`
     forms (under BLOCK_NUMEL elements plus its last tensor), kept in ``buffers`` between steps: on a CPU a
@@ -591,9 +594,6 @@ def batch_buffer(buffers: dict[tuple[torch.device, torch.dtype], Tensor], tensor
     if buffer is None or buffer.numel() < numel:
         buffer = buffers[key] = torch.empty(numel, dtype=key[1], device=key[0])
     return buffer
-
-
-_VIEW_ALIGN = 16  # elements: each view starts 64 bytes (float32) from the last, as a new tensor would
 
 
 def views_of(buffer: Tensor, tensors: list[Tensor]) -> list[Tensor]:

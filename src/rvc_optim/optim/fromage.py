@@ -35,7 +35,7 @@ from rvc_optim.optim._foreach import (
     run_closure,
     scalar,
 )
-from rvc_optim.optim.lamb import add_scaled_per_tensor_, tensor_norms, trust_ratios
+from rvc_optim.optim.lamb import add_scaled_per_tensor_, norms_in_update, tensor_norms, trust_ratios
 
 __all__ = ["Fromage", "cap_norms_", "fromage_rated_step", "fromage_update"]
 
@@ -67,13 +67,6 @@ def cap_norms_(params: list[Tensor], maxima: list[Tensor]) -> None:
     bound = torch.stack(maxima).to(norms.dtype)
     factors = torch.where(norms > bound, bound / norms, torch.ones_like(norms))
     torch._foreach_mul_(params, list(factors.to(params[0].dtype).unbind()))
-
-
-def _scales_in_update(device_type: str) -> bool:
-    """Whether the norms are taken inside the update function (on accelerators: one multi-tensor norm,
-    or fused per tensor when compiled) rather than before it (on a CPU, where BLAS dot products read
-    faster than either)."""
-    return device_type != "cpu"
 
 
 class Fromage(Optimizer):
@@ -132,7 +125,7 @@ class Fromage(Optimizer):
     def _step(self, params: list[Tensor], grads: list[Tensor], maxima: list[Tensor], lr: Tensor,
               device: torch.device) -> None:
         shrink = torch.sqrt(1.0 + lr * lr)
-        if _scales_in_update(device.type) or not resolve_compiled(self._rated_step.compiled, "cpu",
+        if norms_in_update(device.type) or not resolve_compiled(self._rated_step.compiled, "cpu",
                                                                   sum(p.numel() for p in params)):
             # eager on a CPU this is BLAS dot products for the norms, then one fused add per tensor
             self._update(params, grads, maxima, lr=lr, shrink=shrink, device_type=device.type)

@@ -55,8 +55,8 @@ from rvc_optim.optim._foreach import (
     write_into_,
 )
 
-__all__ = ["LAMB", "add_scaled_per_tensor_", "lamb_batch_step", "lamb_layer_update", "lamb_moments", "tensor_norms",
-           "trust_ratios"]
+__all__ = ["LAMB", "add_scaled_per_tensor_", "lamb_batch_step", "lamb_layer_update", "lamb_moments", "norms_in_update",
+           "tensor_norms", "trust_ratios"]
 
 
 # --- shared by the layer-wise optimizers (LAMB, LARS, NovoGrad, Fromage, Nero) ---------------------
@@ -66,6 +66,13 @@ def tensor_norms(tensors: list[Tensor]) -> Tensor:
     """``[||t||_2 for t in tensors]`` as one 1-d tensor on their device, from one multi-tensor norm
     (accumulated in float64 for float64 tensors, float32 otherwise)."""
     return foreach_l2_norms(tensors)
+
+
+def norms_in_update(device_type: str) -> bool:
+    """Whether a layer-wise update takes its per-tensor norms inside the update function (accelerators:
+    one multi-tensor norm, or fused per tensor when compiled) rather than before it (a CPU, where BLAS
+    dot products read faster than either, and the rest can be one elementwise graph)."""
+    return device_type != "cpu"
 
 
 def trust_ratios(numerators: Tensor, denominators: Tensor) -> Tensor:

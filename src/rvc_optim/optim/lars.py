@@ -42,7 +42,7 @@ from rvc_optim.optim._foreach import (
     run_closure,
     scalar,
 )
-from rvc_optim.optim.lamb import tensor_norms
+from rvc_optim.optim.lamb import norms_in_update, tensor_norms
 
 __all__ = ["LARS", "lars_layer_update", "lars_rated_update", "lars_update", "local_rates"]
 
@@ -133,12 +133,6 @@ def lars_layer_update(
                       weight_decay=weight_decay, momentum=momentum, decay=decay, damping=damping, nesterov=nesterov)
 
 
-def _rates_in_update(device_type: str) -> bool:
-    """Whether the local rates are taken inside the update function (on accelerators: one multi-tensor
-    norm, or fused per tensor when compiled) rather than before it (on a CPU)."""
-    return device_type != "cpu"
-
-
 class LARS(Optimizer):
     """LARS with timm's argument names and defaults (``timm.optim.Lars``).
 
@@ -217,7 +211,7 @@ class LARS(Optimizer):
                        **fixed)
             return
         adapt = dict(trust_coeff=group["trust_coeff"], eps=group["eps"], trust_clip=group["trust_clip"])
-        if _rates_in_update(device.type):
+        if norms_in_update(device.type):
             self._call(self._layer_update, params, grads, buffers, first, group["dampening"], weight_decay=wd,
                        **adapt, **fixed)
             return
