@@ -274,3 +274,24 @@ def test_summary_takes_each_row_from_the_latest_file_and_skips_our_own_published
     # G from the second file (compiled there), D from the first; our own row at another setting is not "published"
     assert table[2] == ("| Lion | compiled / eager | 1.10 / 2.90 (torch-optimi Lion) | 1.50 / 2.50 (torch-optimi Lion) "
                         "| second, first |")
+
+
+def test_the_header_names_the_caches_and_vector_width(tmp_path):
+    """Two result files from machines with the same model name must still say which machine each was."""
+    cache = tmp_path / "cache"
+    for index, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                                 (2, "Unified", "1024K"), (3, "Unified", "32768K")]):
+        folder = cache / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(f"{value}\n")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert benchmark.cpu_details(cache, cpuinfo) == "L1d 32K, L2 1024K, L3 32768K, AVX-512"
+    cpuinfo.write_text("model name\t: Old\nflags\t\t: fpu avx avx2\n")
+    assert benchmark.cpu_details(tmp_path / "absent", cpuinfo) == "AVX2"
+    assert benchmark.cpu_details(tmp_path / "absent", tmp_path / "absent") == ""
+    header = benchmark.make_header([], ["tiny"], 1, 2, 1, command="x")
+    assert header["machine"].startswith(benchmark.cpu_model())
+    assert benchmark.cpu_details() in header["machine"]

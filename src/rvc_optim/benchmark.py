@@ -775,14 +775,41 @@ def run(rows: list[Row], sets: list[str], repeats: int, warmup: int, threads: in
 
 # --- result files ----------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
+def _cpuinfo(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of Linux's /proc/cpuinfo (empty elsewhere)."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_details(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache"),
+                cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What tells two machines with the same model name apart in a result file: the data caches one
+    core sees and its widest vector extension, e.g. ``L1d 32K, L2 1024K, L3 32768K, AVX-512``
+    (from Linux's sysfs and /proc/cpuinfo; an empty string where neither exists)."""
+    caches = []
+    for index in sorted(cache_dir.glob("index*")) if cache_dir.is_dir() else []:
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    flags = set(_cpuinfo(cpuinfo).get("flags", "").split())
+    vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                   if flag in flags), "")
+    return ", ".join(caches + ([vector] if vector else []))
 
 
 def make_header(rows: list[Row], sets: list[str], threads: int, repeats: int, warmup: int,
@@ -791,7 +818,8 @@ def make_header(rows: list[Row], sets: list[str], threads: int, repeats: int, wa
     settings = {f"{r.algorithm} / {r.label}": repr(published_kwargs(r.algorithm, r.published))
                 for r in rows if r.published}
     return {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})"
+                   + (f"; {details}" if (details := cpu_details()) else ""),
         "threads": threads,
         "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "",
         "torch": torch.__version__,
