@@ -36,7 +36,11 @@ A compiled update that fails to build falls back to the eager function with one 
 whole tensors that the chunk graphs cannot take (lists of different lengths, sizes branched on) is
 compiled by dynamo over the whole lists only when compiling was asked for (``compiled=True`` or
 ``RVC_OPTIM_COMPILE=1``): that graph builds for minutes on RVC's sets, so ``auto`` (on CUDA) runs it
-eager instead.
+eager instead. On a CPU an update of whole tensors whose shapes it reads (not ``flat``) always runs
+eager, by cache-sized batches where the optimizer calls it through :func:`run_by_tensor_batches`: there
+its compiled graphs were slower than eager (measured on RVC's generator set: AdaFactor's factored update
+built for 230 s and ran at 282 ms against 247 eager; Ranger21's first pass ran at 286 ms against 84 and
+its decay at 75 against 36, the build unfinished after 260 s).
 
 What ``fn`` must be, for blocking and chunking to be correct (``elementwise=True``, the default): the
 result for element ``j`` of tensor ``i`` depends only on element ``j`` of tensor ``i`` of each list, and
@@ -299,7 +303,7 @@ class UpdateFunction:
             return self._with_empty_lists(tensor_lists, device_type, scalars)
         if self.compiles(tensor_lists, device_type):
             try:
-                return self._run_compiled(tensor_lists, scalars)
+                return self._run_compiled(tensor_lists, scalars, device_type)
             except Exception as err:  # a backend that cannot build this graph here
                 if self.compiled:
                     raise
@@ -312,6 +316,8 @@ class UpdateFunction:
     def compiles(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> bool:
         """Whether a call over these lists takes the compiled path (for an optimizer whose passes are
         laid out differently there)."""
+        if device_type == "cpu" and not self.flat:  # whole tensors: eager on a CPU (module docstring)
+            return False
         return not self._stay_eager and resolve_compiled(self.compiled, device_type,
                                                          self._auto_numel(tensor_lists, device_type))
 
@@ -343,7 +349,7 @@ class UpdateFunction:
             total = _add_results(total, self.fn(*block, **scalars))
         return total
 
-    def _run_compiled(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
+    def _run_compiled(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any], device_type: str) -> Results:
         if not self.flat and self._whole_by_chunks:
             try:
                 return self._run_chunks(tensor_lists, scalars)
@@ -622,7 +628,7 @@ def run_by_tensor_batches(update: UpdateFunction, lists: tuple[list[Tensor], ...
     buffer for one temporary of the batch (:func:`batch_buffer`), or None over whole lists.
     """
     params = lists[0]
-    if device_type != "cpu" or resolve_compiled(update.compiled, device_type):
+    if device_type != "cpu" or update.compiles(lists, device_type):
         if work_buffers is not None:
             scalars["buffer"] = None
         update(*lists, device_type=device_type, **scalars)  # one graph over the whole lists when compiled

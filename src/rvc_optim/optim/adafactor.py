@@ -209,7 +209,8 @@ class AdaFactor(Optimizer):
         relative_step: use min(1e-2, 1/sqrt(t)) as the step instead of lr (default True).
         warmup_init: with relative_step, start the step at 1e-6 t (default False).
         compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``, see
-            :mod:`rvc_optim.optim._compile`).
+            :mod:`rvc_optim.optim._compile`). Off a CPU only: the update reads tensor shapes, so it
+            needs dynamo's whole-list graph, which on a CPU built for minutes and ran slower than eager.
 
     Deviations from the reference:
         - RMS(p) is not kept in the state: the reference stores it every step and never reads it back;

@@ -117,7 +117,8 @@ class CAME(Optimizer):
             (default (0.9, 0.999, 0.9999)).
         weight_decay: decoupled weight decay, multiplied by lr (default 0).
         compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``, see
-            :mod:`rvc_optim.optim._compile`).
+            :mod:`rvc_optim.optim._compile`). Off a CPU only: the update reads tensor shapes, so it
+            needs dynamo's whole-list graph, which on a CPU built for minutes and ran slower than eager.
 
     Deviations from the reference:
         - lr defaults to 2e-4 (the value of the authors' README example); the reference's default is None

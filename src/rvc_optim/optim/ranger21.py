@@ -472,7 +472,9 @@ class Ranger21(Optimizer):
         logging_active: log the settings and the schedule's milestones through :mod:`logging` (default True).
         amsgrad: keyword-only, ours: real AMSGrad in the denominator (default False).
         compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``, see
-            :mod:`rvc_optim.optim._compile`).
+            :mod:`rvc_optim.optim._compile`). The Adam/PNM and MADGRAD cores and Lookahead compile as
+            elementwise graphs; the first pass and the decay (unit norms, row means) compile off a CPU
+            only, and only with ``compiled=True``.
     """
 
     # For the benchmark: sigma is a reduction over every parameter before any update can start, and

@@ -172,7 +172,8 @@ class SM3(Optimizer):
         momentum: the momentum's decay mu in m <- mu m + (1 - mu) u; 0 keeps no buffer (default 0).
         eps: added to the accumulated square inside the square root (default 1e-30).
         compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``, see
-            :mod:`rvc_optim.optim._compile`).
+            :mod:`rvc_optim.optim._compile`). Off a CPU only: the update reads tensor shapes, so it
+            needs dynamo's whole-list graph, which on a CPU built for minutes and ran slower than eager.
 
     Deviations from the reference (pytorch_optimizer 4.1.0):
         - No ``beta``: its beta > 0 is the port's own running average, which turns the accumulators into
