@@ -142,3 +142,19 @@ def test_group_lr_reaches_the_adamw_half_in_proportion():
     assert authors_format.param_groups[0]["lr"] == 1e-3 and authors_format.param_groups[0]["betas"] == (0.8, 0.99)
     with pytest.raises(ValueError, match="unknown option"):
         Muon([{"params": named, "betas": (0.9, 0.9)}])
+
+
+def test_bfloat16_on_a_cpu_iterates_each_matrix_alone():
+    """A CPU's batched bfloat16 products can round differently from single ones (on an AVX-512 EPYC,
+    6 of 2,000 batches of two [16, 16] products), so there each matrix goes through the iteration on
+    its own, as the authors' do: every result equals the 2-D iteration bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):  # batched, one of these pairs rounded differently there
+        updates = [torch.randn(16, 16, generator=gen) for _ in range(2)] + [torch.randn(8, 20, generator=gen)]
+        ours = orthogonalize(updates, dtype=torch.bfloat16)
+        for u, o in zip(updates, ours):
+            assert torch.equal(o, newton_schulz(u.to(torch.bfloat16)).to(u.dtype))
+    # other dtypes keep the batched iteration: the same to rounding
+    batched = orthogonalize(updates[:4], dtype=torch.float32)
+    for u, o in zip(updates, batched):
+        torch.testing.assert_close(o, newton_schulz(u[None])[0], rtol=1e-5, atol=1e-6)
