@@ -277,6 +277,29 @@ def test_row_blocks_change_nothing_but_rounding(monkeypatch):
             torch.testing.assert_close(rows_opt.state[b][key], whole_opt.state[a][key], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("agc", [True, False])
+def test_a_cpu_step_reads_each_parameters_unit_norms_once(monkeypatch, agc):
+    """AGC and the norm loss both need ||p||_u, and p does not change between the two passes: on a CPU
+    the first pass keeps the norms it takes and the decay uses them (one unit norm of p per tensor per
+    step, plus g's for AGC), with the same result as taking them again (the parity tests above)."""
+    import rvc_optim.optim.ranger21 as module
+
+    model = make_model()
+    params = list(model.parameters())
+    opt = Ranger21(params, lr=LR, betas=BETAS, num_epochs=1, num_batches_per_epoch=T, normloss_factor=0.05,
+                   use_adaptive_gradient_clipping=agc)
+    taken = []
+    unit_norm = module.unit_norm
+    monkeypatch.setattr(module, "unit_norm", lambda x: taken.append(x.data_ptr()) or unit_norm(x))
+    for tokens, target in batches(3):
+        opt.zero_grad()
+        torch.mean((model(tokens) - target) ** 2).backward()
+        opt.step()
+    of_params = [ptr for ptr in taken if ptr in {p.data_ptr() for p in params}]
+    assert len(of_params) == 3 * len(params)
+    assert len(taken) == 3 * len(params) * (2 if agc else 1)
+
+
 def test_stable_weight_decay_reaches_every_parameter():
     base = dict(lr=LR, betas=BETAS, num_epochs=1, num_batches_per_epoch=T, normloss_active=False,
                 using_normgc=False, lookahead_active=False)

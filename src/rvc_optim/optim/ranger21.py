@@ -199,19 +199,20 @@ def row_blocks(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
     return list(zip(*(t.split(rows) for t in tensors)))
 
 
-def decay_and_norm_loss_(params: list[Tensor], *, decay: Tensor | float, lr: Tensor | float,
-                         normloss_factor: float, eps: float) -> None:
+def decay_and_norm_loss_(params: list[Tensor], unit_norms: list[Tensor], *, decay: Tensor | float,
+                         lr: Tensor | float, normloss_factor: float, eps: float) -> None:
     """Stable weight decay and norm loss as one multiply per tensor: ``p <- p * s * N_u`` with
     ``s = decay`` and ``N_u = 1 - lr * 2 f * (1 - 1 / (|s| ||p||_u + eps))``.
 
     Norm loss is defined on the decayed weights; their unit norms are ``|s| ||p||_u``, so one read of
-    ``p`` serves both. With ``normloss_factor`` 0 this is the decay alone.
+    ``p`` serves both. ``unit_norms`` are the ``||p||_u`` the first pass kept (consumed here), or an
+    empty list: then they are taken here. With ``normloss_factor`` 0 this is the decay alone.
     """
     if normloss_factor == 0.0:
         if not (isinstance(decay, float) and decay == 1.0):
             torch._foreach_mul_(params, decay)
         return
-    norms = [unit_norm(p) for p in params]
+    norms = list(unit_norms) if unit_norms else [unit_norm(p) for p in params]
     torch._foreach_mul_(norms, abs(decay))
     torch._foreach_add_(norms, eps)
     torch._foreach_reciprocal_(norms)  # 1 / (||s p||_u + eps)
@@ -246,24 +247,32 @@ def ranger21_prepare(
     centralize: bool,
     gc_conv_only: bool,
     normalize: bool,
-) -> Tensor:
+    keep_param_norms: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
     """First pass: clip, centralise and normalise each gradient in place, update v.
 
-    Returns sum(v / (1 - beta2^t)) over these tensors: this bucket's share of the global sigma.
+    Returns sum(v / (1 - beta2^t)) over these tensors: this bucket's share of the global sigma; with
+    ``keep_param_norms`` also every row block's ``||p||_u`` (AGC's, or taken here without AGC), for
+    :func:`decay_and_norm_loss_`: p does not change in between, so it is read once for both.
     The reductions over some dims of one tensor (unit norms, means, std) have no multi-tensor
     form, so this runs tensor by tensor, a large tensor by row blocks (:func:`row_blocks`), so that
     every step of a block runs while it is in the cache.
     """
     min_dim = 3 if gc_conv_only else 1
-    sums = []
+    sums: list[Tensor] = []
+    param_norms: list[Tensor] = []
     for p, g, v in zip(params, grads, variances):
         blocks = row_blocks(p, g, v)
         centred = centralize and g.dim() > min_dim
         normalized = normalize and g.numel() > 2
         square_sums = []
         for p_rows, g_rows, _ in blocks:
+            if agc or keep_param_norms:
+                p_norm = unit_norm(p_rows)
+                if keep_param_norms:
+                    param_norms.append(p_norm)
             if agc:
-                max_norm = unit_norm(p_rows).clamp_min(agc_eps).mul(agc_clipping_value)
+                max_norm = p_norm.clamp_min(agc_eps).mul(agc_clipping_value)
                 g_norm = unit_norm(g_rows)
                 g_rows.mul_(torch.where(g_norm > max_norm, max_norm / g_norm.clamp_min(AGC_GRAD_NORM_FLOOR), 1.0))
             if centred:
@@ -281,7 +290,8 @@ def ranger21_prepare(
                 g_rows.div_(std)
             v_rows.mul_(beta2).addcmul_(g_rows, g_rows, value=1.0 - beta2)
             sums.append(v_rows.sum())
-    return torch.stack(sums).sum() / bias_correction2
+    total = torch.stack(sums).sum() / bias_correction2
+    return (total, param_norms) if keep_param_norms else total
 
 
 def ranger21_update(
@@ -725,14 +735,17 @@ class Ranger21(Optimizer):
             gathered.append((group, buckets))
             beta2 = group["betas"][1]
             for (t, device, dtype), b in buckets.items():
+                # on a CPU (where this pass is eager) it keeps ||p||_u for the norm loss: one read of p
+                keep = device.type == "cpu" and self.normloss_active and self.normloss_factor != 0.0
                 partial = self._prepare(
                     b["params"], b["grads"], [s["variance_ma"] for s in b["states"]],
                     bias_correction2=scalar(bias_correction(beta2, t), device, dtype),
                     beta2=beta2,
                     agc=self.agc_active, agc_clipping_value=self.agc_clip_val, agc_eps=self.agc_eps,
                     centralize=self.use_gc, gc_conv_only=self.gc_conv_only, normalize=self.use_gcnorm,
-                    device_type=device.type,
+                    keep_param_norms=keep, device_type=device.type,
                 )
+                partial, b["param_norms"] = partial if keep else (partial, [])
                 numel += sum(p.numel() for p in b["params"])
                 total = partial if total is None else total + partial.to(total.device)
         if total is None:
@@ -758,7 +771,7 @@ class Ranger21(Optimizer):
                 # the pass that needs whole tensors; then the elementwise core (MADGRAD decays with lambda_t)
                 decay = stable_decay_factor(lr_t if lamb is None else lamb, sigma_here, group["weight_decay"])
                 rows = [block for p in b["params"] for block, in row_blocks(p)]
-                run_by_tensor_batches(self._decay_and_norm_loss, (rows,), device_type=device.type,
+                run_by_tensor_batches(self._decay_and_norm_loss, (rows, b["param_norms"]), device_type=device.type,
                                       decay=decay, lr=lr_t, normloss_factor=normloss_factor, eps=group["eps"])
                 if lamb is not None:
                     self._madgrad_update(
