@@ -186,9 +186,10 @@ def orthogonalize(updates: list[Tensor], steps: int = 5, dtype: torch.dtype = to
     out: list[Tensor] = [updates[0]] * len(updates)
     for (m, n), index in buckets.items():
         for batch in ([[i] for i in index] if one_by_one else [index]):
-            X = torch.stack([updates[i].reshape(m, n) for i in batch]).to(dtype)
-            if one_by_one:
-                X = X[0]  # a matrix, not a batch of one: single products
+            if one_by_one:  # a matrix, not a batch of one: single products
+                X = updates[batch[0]].reshape(m, n).to(dtype)
+            else:
+                X = torch.stack([updates[i].reshape(m, n) for i in batch]).to(dtype)
             tall = m > n
             X = newton_schulz(X.mT if tall else X, steps, coefficients)
             X = X.mT if tall else X
