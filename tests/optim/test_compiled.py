@@ -12,11 +12,15 @@ three small tensors. Every optimizer's compiled path was checked this way when i
 from __future__ import annotations
 
 
+import threading
 import weakref
 
 import pytest
 import torch
 import torch._dynamo
+from torch._inductor import config as inductor_config
+from torch._inductor.choices import InductorChoices
+from torch._inductor.virtualized import V
 
 from rvc_optim import create_optimizer
 from rvc_optim.capabilities import capabilities_of
@@ -26,6 +30,7 @@ from rvc_optim.optim._compile import (
     BLOCK_NUMEL,
     CPU_AUTO_COMPILE_NUMEL,
     ENV_VAR,
+    ChunkFusionChoices,
     UpdateFunction,
     FlatViews,
     _compile_chunks,
@@ -374,3 +379,53 @@ def test_run_by_tensor_batches_passes_a_buffer_only_to_cpu_batches(monkeypatch):
     seen.clear()
     run_by_tensor_batches(update, (xs,), device_type="cuda", work_buffers={})  # whole lists: no buffer
     assert seen == [None]
+
+
+class _FarScheduler:
+    """A scheduler to which every pair of nodes lies far apart (more than 64 nodes)."""
+
+    def are_long_distant_nodes(self, node1, node2) -> bool:
+        return True
+
+
+class _Node:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_name(self) -> str:
+        return self.name
+
+
+def test_chunk_graphs_fuse_loops_over_shared_data_however_far_apart():
+    """Inductor refuses far nodes (a chunk graph's state writes sit at its end, far from everything);
+    the chunk graphs' choices take them when they share data, and still refuse what shares too little."""
+    a, b = _Node("a"), _Node("b")
+    enough = inductor_config.score_fusion_memory_threshold
+    with inductor_config.patch({"triton.mix_order_reduction": False}):
+        assert not InductorChoices.can_fuse_horizontal(_FarScheduler(), a, b, enough)
+        assert ChunkFusionChoices.can_fuse_horizontal(_FarScheduler(), a, b, enough)
+        assert not ChunkFusionChoices.can_fuse_horizontal(_FarScheduler(), a, b, enough - 1)
+
+
+@pytest.mark.skipif(not compile_available("cpu"), reason="no C++ compiler for torch.compile on this machine")
+def test_a_chunk_graph_build_leaves_inductors_own_choices_to_everything_else():
+    """Inductor keeps one choices handler per thread, made from its config at first use: ours is set for
+    a chunk graph's build only, so a user's torch.compile afterwards gets inductor's own, even in a
+    thread whose first inductor build was ours (inductor's cache off, so that the build schedules)."""
+    params = [torch.nn.Parameter(torch.randn(40 + i)) for i in range(3)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    seen = {}
+
+    def build_then_look() -> None:
+        clear_graphs()
+        with inductor_config.patch({"force_disable_caches": True}):
+            create_optimizer("Lion", params, compiled=True).step()
+        seen["graphs"] = sum(graphs_built().values())
+        seen["choices"] = V.choices
+
+    thread = threading.Thread(target=build_then_look)
+    thread.start()
+    thread.join()
+    assert seen["graphs"] >= 1
+    assert type(seen["choices"]) is InductorChoices

@@ -161,7 +161,9 @@ def lamb_layer_update(
     """A whole LAMB step with the trust ratio, for whole lists (accelerators, the compiled path):
     :func:`lamb_moments` into fresh updates u, then ``p <- p - lr * ratio * u`` with ``ratio =
     ||p|| / ||u||`` (1 where either is 0; at most 1 with ``trust_clip``). Each tensor's ratio depends on
-    that tensor only, so the compiled path runs it on flat views, u never written to memory."""
+    that tensor only, so the compiled path runs it on flat views: per tensor one loop reads p, g, m and v
+    and writes m, v and u with both norms, and a second reads p and u and writes p
+    (:class:`~rvc_optim.optim._compile.ChunkFusionChoices`)."""
     updates = [torch.empty_like(p) for p in params]
     lamb_moments(params, grads, exp_avgs, exp_avg_sqs, updates, **moments)
     ratios = _update_trust_ratios(params, updates, trust_clip)
