@@ -475,10 +475,11 @@ class ChunkFusionChoices(InductorChoices):
     the graph's end, so the loop that writes a tensor's state counts as far from everything, and a sum
     over the same tensor could not join it: LAMB's graph took three loops per tensor (one for ||p||,
     ||u|| and u; one for p; one more reading g, m and v again to write m and v), two without the limit.
-    On RVC's discriminator, whose large tensors do not stay in the cache between loops, a LAMB step
-    went from 96-129 ms to 71-99 (measured side by side in one process, each beside fused AdamW);
-    Prodigy's and DAdaptAdam's graphs lose a loop per tensor too (3-9% of a step on G and D). No other
-    graph of ours changes. A chunk graph's temporaries are one tensor's, so no buffer lives longer.
+    Prodigy's and DAdaptAdam's graphs lose a loop per tensor too; no other graph of ours changes.
+    Measured side by side in one process (``benchmarks/results/chunk_fusion_cpu.md``), ratio to the
+    floor with inductor's choices and with these: LAMB 1.68 -> 1.30 on RVC's discriminator (whose large
+    tensors do not stay in the cache between loops) and 1.42 -> 1.25 on its generator, DAdaptAdam 1.17 ->
+    1.04 and 1.25 -> 1.16, Prodigy 1.27 -> 1.19 and 1.22 -> 1.25 (within the noise). A chunk graph's temporaries are one tensor's, so no buffer lives longer.
     Fusion still needs shared data (``score_fusion_memory_threshold``), as by default.
     """
 
