@@ -13,20 +13,17 @@ Inductor's on-disk cache is off, so both build. Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
 
 import torch  # noqa: E402
 from torch._inductor.choices import InductorChoices  # noqa: E402
-from torch._inductor.virtualized import V  # noqa: E402
 
 from rvc_optim import benchmark  # noqa: E402
 from rvc_optim.optim import _compile  # noqa: E402
@@ -105,20 +102,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", required=True, help="result path without suffix (.json and .md are written)")
     args = parser.parse_args()
-    for name in args.optimizers:
-        optimizer_info(name)  # an unknown name fails here, before any work
+    for name in args.optimizers:  # an unknown name fails here, before any work
+        try:
+            optimizer_info(name)
+        except ValueError as err:
+            parser.error(f"--optimizers: {err}")
     torch.set_num_threads(args.threads)
     rows = [row for name in args.optimizers for set_name in args.set
             for row in time_set(name, set_name, args.repeats, args.warmup)]
-    details = benchmark.cpu_details()
-    header = {"machine": f"{benchmark.cpu_model()}, {os.cpu_count()} cores" + (f"; {details}" if details else ""),
-              "threads": args.threads, "torch": torch.__version__, "repeats": args.repeats,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    header = {"machine": benchmark.machine_description(), "threads": args.threads, "torch": torch.__version__,
+              "repeats": args.repeats, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": shlex.join(["python"] + sys.argv)}
-    base = Path(args.output).with_suffix("")
-    base.with_suffix(".json").write_text(json.dumps({"header": header, "results": rows}, indent=1) + "\n")
-    base.with_suffix(".md").write_text(markdown(header, rows))
-    print(markdown(header, rows))
+    print(benchmark.write_report(args.output, {"header": header, "results": rows}, markdown(header, rows)).read_text())
     return 0
 
 

@@ -9,19 +9,15 @@ The size defaults to the element count of RVC v2's 40k generator (the benchmark'
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import shlex
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
-from rvc_optim.benchmark import cpu_details, cpu_model, load_shapes
+from rvc_optim.benchmark import load_shapes, machine_description, write_report
 from rvc_optim.memory_traffic import measure, stream_costs
 
 
@@ -57,10 +53,8 @@ def main() -> int:
     measured = measure(numel, args.repeats, args.warmup, compiled=not args.eager)
     costs = stream_costs(measured)
     results = [asdict(r) for r in measured]
-    details = cpu_details()
     header = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})"
-                   + (f"; {details}" if details else ""),
+        "machine": machine_description(),
         "threads": args.threads,
         "torch": torch.__version__,
         "compiled": not args.eager,
@@ -69,11 +63,8 @@ def main() -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python"] + sys.argv),
     }
-    base = Path(args.output).with_suffix("")
-    base.with_suffix(".json").write_text(json.dumps({"header": header, "results": results, "stream_costs": costs},
-                                                    indent=1) + "\n")
-    base.with_suffix(".md").write_text(markdown(header, results, costs))
-    print(base.with_suffix(".md").read_text())
+    data = {"header": header, "results": results, "stream_costs": costs}
+    print(write_report(args.output, data, markdown(header, results, costs)).read_text())
     return 0
 
 

@@ -812,14 +812,29 @@ def cpu_details(cache_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache"),
     return ", ".join(caches + ([vector] if vector else []))
 
 
+def machine_description() -> str:
+    """The machine line of every result file: model, core count, system and :func:`cpu_details`."""
+    details = cpu_details()
+    return (f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})"
+            + (f"; {details}" if details else ""))
+
+
+def write_report(path: str | Path, data: dict[str, Any], markdown: str) -> Path:
+    """``path``.json (``data``) and ``path``.md (``markdown``) beside it; returns the .md path."""
+    base = Path(path).with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    base.with_suffix(".md").write_text(markdown)
+    return base.with_suffix(".md")
+
+
 def make_header(rows: list[Row], sets: list[str], threads: int, repeats: int, warmup: int,
                 command: str | None = None) -> dict[str, Any]:
     libraries = sorted({r.published.library for r in rows if r.published})
     settings = {f"{r.algorithm} / {r.label}": repr(published_kwargs(r.algorithm, r.published))
                 for r in rows if r.published}
     return {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})"
-                   + (f"; {details}" if (details := cpu_details()) else ""),
+        "machine": machine_description(),
         "threads": threads,
         "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "",
         "torch": torch.__version__,
@@ -895,11 +910,8 @@ def _matmul_tables(sets: list[str], results: list[RowResult]) -> list[str]:
 
 def write_results(path: str | Path, header: dict[str, Any], results: list[RowResult], notes: list[str] = ()) -> Path:
     """``path``.md (the report) and ``path``.json beside it (``path`` without suffix or with .md)."""
-    base = Path(path).with_suffix("")
-    base.with_suffix(".json").write_text(json.dumps(
-        {"header": header, "notes": list(notes), "results": [dataclasses.asdict(r) for r in results]}, indent=1) + "\n")
-    base.with_suffix(".md").write_text(format_markdown(header, results, notes))
-    return base.with_suffix(".json")
+    data = {"header": header, "notes": list(notes), "results": [dataclasses.asdict(r) for r in results]}
+    return write_report(path, data, format_markdown(header, results, notes)).with_suffix(".json")
 
 
 def load_results(path: str | Path) -> tuple[dict[str, Any], list[RowResult]]:
