@@ -479,8 +479,9 @@ class ChunkFusionChoices(InductorChoices):
     Measured side by side in one process (``benchmarks/results/chunk_fusion_cpu.md``), ratio to the
     floor with inductor's choices and with these: LAMB 1.68 -> 1.30 on RVC's discriminator (whose large
     tensors do not stay in the cache between loops) and 1.42 -> 1.25 on its generator, DAdaptAdam 1.17 ->
-    1.04 and 1.25 -> 1.16, Prodigy 1.27 -> 1.19 and 1.22 -> 1.25 (within the noise). A chunk graph's temporaries are one tensor's, so no buffer lives longer.
-    Fusion still needs shared data (``score_fusion_memory_threshold``), as by default.
+    1.04 and 1.25 -> 1.16, Prodigy 1.27 -> 1.19 and 1.22 -> 1.25 (within the noise). A chunk graph's
+    temporaries are one tensor's, so no buffer lives longer. Fusion still needs shared data
+    (``score_fusion_memory_threshold``), as by default.
     """
 
     @staticmethod
