@@ -429,3 +429,49 @@ def test_a_chunk_graph_build_leaves_inductors_own_choices_to_everything_else():
     thread.join()
     assert seen["graphs"] >= 1
     assert type(seen["choices"]) is InductorChoices
+
+
+def _steps(name: str, dtype: torch.dtype, compiled: bool, steps: int = 6, **settings) -> list[torch.Tensor]:
+    """``steps`` steps of ``name`` on three small float tensors of ``dtype``, the same gradients each run."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in ((8, 4), (16,), (3, 2, 5))]
+    optimizer = create_optimizer(name, params, compiled=compiled, **settings)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+        optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not compile_available("cpu"), reason="no C++ compiler for torch.compile on this machine")
+def test_a_float64_update_compiles_on_a_cpu():
+    """Its 0-d float64 scalars get value symbols in the trace, which made inductor ask dynamo for a restart
+    (``TensorifyScalarRestartAnalysis``): every float64 update failed to build on a CPU."""
+    clear_graphs()
+    built = sum(graphs_built().values())
+    compiled = _steps("Lion", torch.float64, compiled=True, lr=1e-3, weight_decay=0.1)
+    assert sum(graphs_built().values()) > built
+    for a, b in zip(compiled, _steps("Lion", torch.float64, compiled=False, lr=1e-3, weight_decay=0.1)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not compile_available("cpu"), reason="no C++ compiler for torch.compile on this machine")
+@pytest.mark.parametrize("settings", [{}, {"rebound": "belief", "weight_decay": 0.01, "weight_decay_type": "stable"}],
+                         ids=["constant", "belief-stable"])
+def test_apollo_compiled_matches_eager(settings):
+    """Apollo's per-step alpha and warm-up rate enter its graph as 0-d tensors (one build for the run),
+    and its secant sums add in inductor's order: in float64 the same to 1e-9 (the cancellation in the
+    secant turns another order of addition into differences of about 1e-11, measured), in float32 to
+    float32 rounding."""
+    clear_graphs()
+    settings = {"lr": 0.01, "warmup": 3, **settings}
+    for dtype, rtol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
+        before = dict(graphs_built())
+        compiled = _steps("Apollo", dtype, compiled=True, **settings)
+        assert graphs_built().get("apollo_update", 0) == before.get("apollo_update", 0) + 1, "one build per dtype"
+        eager = _steps("Apollo", dtype, compiled=False, **settings)
+        for a, b in zip(compiled, eager):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item())

@@ -541,6 +541,7 @@ class ChunkGraph:
         graph = make_fx(flat_fn, tracing_mode="symbolic", decomposition_table=_per_tensor_decompositions())(*examples)
         fakes = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
         shape_env = fakes[0].fake_mode.shape_env
+        _forget_value_symbols(fn, graph, shape_env)
         # what flat_fn's torch._check states, and the caller guarantees
         allowed = {sympy.Ge(fake.numel().node.expr, min_numel) for fake in fakes[:k]
                    if isinstance(fake.numel(), torch.SymInt)}
@@ -579,6 +580,24 @@ class ChunkGraph:
         if self.returns is None:
             return None
         return out[0] if self.returns == "tensor" else tuple(out)
+
+
+def _forget_value_symbols(fn: Callable[..., Any], graph: torch.fx.GraphModule, shape_env: Any) -> None:
+    """Drop the float symbols that fake tensors give 0-d float64 CPU inputs (the scalars of a float64
+    update on a CPU) for their values, in case ``.item()`` reads them. A chunk graph never reads one (a
+    read would be a host sync on an accelerator); left in the shape environment, they make inductor ask
+    dynamo to restart its analysis with them specialised, which a graph built without dynamo cannot
+    do (``TensorifyScalarRestartAnalysis``: before this, every float64 update on a CPU failed to build).
+    """
+    from torch.utils._sympy.symbol import SymT, symbol_is_type
+
+    values = {s for s in shape_env.backed_var_to_val if symbol_is_type(s, SymT.FLOAT)}
+    for node in graph.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.SymFloat) and val.node.expr.free_symbols & values:
+            raise SizeDependentError(f"{fn.__name__} reads a scalar's value; it cannot run by chunks")
+    for symbol in values:
+        del shape_env.backed_var_to_val[symbol]
 
 
 _GRAPHS: dict[tuple[Any, ...], ChunkGraph] = {}

@@ -186,12 +186,13 @@ def lerp_(targets: list[Tensor], ends: list[Tensor], weight: Tensor | float) -> 
         torch._foreach_lerp_(targets, ends, weight)
 
 
-_IN_PLACE = {torch.mul: torch._foreach_mul_, torch.rsqrt: torch._foreach_rsqrt_, torch.abs: torch._foreach_abs_}
+_IN_PLACE = {torch.mul: torch._foreach_mul_, torch.div: torch._foreach_div_, torch.rsqrt: torch._foreach_rsqrt_,
+             torch.abs: torch._foreach_abs_}
 
 
 def write_into_(outs: list[Tensor], fn: Callable[..., Tensor], tensors: list[Tensor], *others: list[Tensor]) -> list[Tensor]:
-    """``outs[i] <- fn(tensors[i], *others[i])`` for ``torch.mul``, ``torch.rsqrt`` or ``torch.abs``, written
-    over ``outs`` (spent temporaries of the same shapes), which are returned.
+    """``outs[i] <- fn(tensors[i], *others[i])`` for ``torch.mul``, ``torch.div``, ``torch.rsqrt`` or
+    ``torch.abs``, written over ``outs`` (spent temporaries of the same shapes), which are returned.
 
     On an eager CPU step each tensor takes one pass with ``out=``; elsewhere a multi-tensor copy and the
     multi-tensor in-place op. (On a CPU a new tensor the size of a large kernel costs its page faults,
@@ -401,8 +402,9 @@ def advance_host_steps(
 
 
 def per_tensor_scalars(values: Tensor) -> list[float] | list[Tensor]:
-    """One scalar per tensor from a 1-D tensor: Python floats on a CPU with float32/float64 tensors (read
-    for free, and exact in the fused foreach forms), 0-d device tensors elsewhere (no host read)."""
-    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+    """One scalar per tensor from a 1-D tensor: Python floats on an eager CPU step with float32/float64
+    tensors (read for free, and exact in the fused foreach forms), 0-d tensors elsewhere (no host read;
+    and in a compiled update's trace, where there is no value to read)."""
+    if eager_on_cpu(values):
         return values.tolist()
     return list(values.unbind())

@@ -72,20 +72,22 @@ def apollo_update(
     updates: list[Tensor],
     *,
     lr: Tensor | float,
-    alpha: float,
+    alpha: Tensor | float,
     eps: float,
     belief: bool,
     weight_decay: float,
     weight_decay_type: str,
 ) -> None:
     """One Apollo step, in the docstring's order. Needs whole tensors (||d||_4 and the secant sums are
-    per tensor); the per-tensor values stay on the device (Python floats only on a CPU)."""
+    per tensor) but not their shapes, so the compiled path runs it on flat views (``lr`` and ``alpha``
+    0-d tensors there): per tensor a loop for ||d||_4, one for the secant sums, and one that writes m,
+    B, d and p. The per-tensor values stay on the device (Python floats only on an eager CPU step)."""
     if weight_decay != 0.0 and weight_decay_type == "L2":
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     deltas = torch._foreach_sub(grads, exp_avgs)
     if belief:
         rebounds = per_tensor_scalars(torch.stack(torch._foreach_norm(deltas, float("inf"))))
-    torch._foreach_add_(exp_avgs, deltas, alpha=alpha)
+    add_scaled_(exp_avgs, deltas, alpha)
     # ||d||_4 as sqrt(||d * d||_2): torch's 4-norm raises each element to a power with std::pow (on a CPU
     # 40% of a step on RVC's discriminator); this squares with a multiply and takes a 2-norm
     # Temporaries are written over spent ones where they can be: on a CPU a new tensor the size of a
@@ -103,19 +105,19 @@ def apollo_update(
     denoms = write_into_(squares, torch.abs, hessians)
     if belief:
         torch._foreach_maximum_(denoms, rebounds)
-        torch._foreach_add_(denoms, eps / alpha)
+        # a 0-d tensor where a number is expected would be read back by torch's argument parser: a list
+        torch._foreach_add_(denoms, [eps / alpha] * len(denoms) if isinstance(alpha, Tensor) else eps / alpha)
     else:
         torch._foreach_clamp_min_(denoms, CONSTANT_REBOUND)
-    for u, m, den in zip(updates, exp_avgs, denoms):  # d <- m / D, written in place
-        torch.div(m, den, out=u)
+    write_into_(updates, torch.div, exp_avgs, denoms)  # d <- m / D
     if weight_decay != 0.0 and weight_decay_type == "stable":
         means = torch.stack([t.mean() for t in denoms])
-        decays = torch.full_like(means, weight_decay).div_(means)  # wd / mean: `wd / tensor` multiplies by 1 / mean
-        if decays.device.type == "cpu":  # floats read from a CPU tensor (free): one fused multiply-add per tensor
-            for u, p, c in zip(updates, params, decays.tolist()):
+        decays = per_tensor_scalars(torch.full_like(means, weight_decay).div_(means))  # `wd / tensor` multiplies by 1 / mean
+        if decays and isinstance(decays[0], float):  # an eager CPU step: one fused multiply-add per tensor
+            for u, p, c in zip(updates, params, decays):
                 u.add_(p, alpha=c)
         else:
-            torch._foreach_addcmul_(updates, params, list(decays.unbind()))
+            torch._foreach_addcmul_(updates, params, decays)
     elif weight_decay != 0.0 and weight_decay_type == "decoupled":
         torch._foreach_add_(updates, params, alpha=weight_decay)
     add_scaled_(params, updates, -lr)
@@ -137,13 +139,14 @@ class Apollo(Optimizer):
         weight_decay_type: 'L2' (added to the gradient), 'decoupled' (added to the update) or 'stable'
             (added to the update divided by mean(D)); None: 'L2' with the constant rebound, 'decoupled'
             with belief (default None).
+        compiled: use the ``torch.compile``d update (None: decided by ``RVC_OPTIM_COMPILE``); it runs on
+            flat views, each tensor's norm, secant sums and update fused, with alpha and the warm-up's
+            rate as 0-d tensors.
 
     State per parameter: ``exp_avg_grad`` (m), ``approx_hessian`` (B), ``update`` (d). The group keeps
     ``step`` and ``base_lr``.
 
     Deviations from the reference:
-        * eager only (no ``compiled`` argument): alpha and the warm-up rate change every step, which
-          would specialise a torch.compile graph anew at each step.
         * each group warms up towards its own lr (its ``base_lr`` is its lr at construction, and
           init_lr=None is that lr / 1000; a group whose lr is below init_lr starts at its lr); the authors
           give every group the constructor's lr as base_lr, so a group with its own lr jumps to it when
@@ -170,6 +173,8 @@ class Apollo(Optimizer):
         init_lr: float | None = None,
         weight_decay: float = 0.0,
         weight_decay_type: str | None = None,
+        *,
+        compiled: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_momentum(beta, "beta")
@@ -181,7 +186,7 @@ class Apollo(Optimizer):
         defaults = dict(lr=lr, beta=beta, eps=eps, rebound=rebound, warmup=warmup, init_lr=init_lr,
                         weight_decay=weight_decay, weight_decay_type=weight_decay_type)
         super().__init__(params, defaults)
-        self._update = UpdateFunction(apollo_update, False, elementwise=False)
+        self._update = UpdateFunction(apollo_update, compiled, elementwise=False, flat=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -219,12 +224,16 @@ class Apollo(Optimizer):
             group["step"] = done + 1
             lists = [[state_tensor(self.state[p], key, p) for p in params]
                      for key in ("exp_avg_grad", "approx_hessian", "update")]
-            for device, dtype, (p, g, m, b, d) in group_by_device_and_dtype(params, grads, *lists):
-                lr = self.current_lr(group, done)
+            lr = self.current_lr(group, done)
+            alpha = (1.0 - group["beta"]) / (1.0 - group["beta"] ** group["step"])
+            for device, dtype, tensors in group_by_device_and_dtype(params, grads, *lists):
+                # compiled, the per-step values are 0-d tensors (as Python numbers they would be constants
+                # of the graph, built anew at every step); elsewhere Python floats, as the reference's
+                compiles = self._update.compiles(tensors, device.type)
                 run_by_tensor_batches(
-                    self._update, (p, g, m, b, d),
-                    lr=scalar(lr, device, dtype) if isinstance(lr, Tensor) else lr,
-                    alpha=(1.0 - group["beta"]) / (1.0 - group["beta"] ** group["step"]),
+                    self._update, tuple(tensors),
+                    lr=scalar(lr, device, dtype) if compiles or isinstance(lr, Tensor) else lr,
+                    alpha=scalar(alpha, device, dtype) if compiles else alpha,
                     eps=group["eps"] / (1.0 if group["rebound"] == "belief" else CONSTANT_REBOUND),
                     belief=group["rebound"] == "belief",
                     weight_decay=group["weight_decay"], weight_decay_type=group["weight_decay_type"],
