@@ -233,13 +233,20 @@ class SizeDependentError(RuntimeError):
 Chunk = tuple[int | None, list[list[Tensor]]]  # (rank of whole tensors, or None for flat views; the lists)
 
 
-def _pad(like: Tensor, rank: int | None, min_numel: int) -> Tensor:
+def _statistic_dims(tensors: Sequence[Tensor], firsts: Sequence[Tensor]) -> tuple[int, ...]:
+    """The dims in which a list of whole tensors holds statistics of the first list's (per-row or
+    per-column, kept with size 1): those where some tensor has size 1 and the first list's does not."""
+    return tuple(d for d in range(firsts[0].dim())
+                 if any(t.shape[d] == 1 and f.shape[d] != 1 for t, f in zip(tensors, firsts)))
+
+
+def _pad(like: Tensor, rank: int | None, min_numel: int, ones: tuple[int, ...] = ()) -> Tensor:
     """A fresh zero tensor to fill a chunk: zeros stay zeros under an optimizer update with a zero
-    gradient, and add nothing to a returned sum."""
+    gradient, and add nothing to a returned sum. Size 1 in the dims ``ones`` (a statistics list's)."""
     side = 2
     while side ** (rank or 1) < min_numel:
         side += 1
-    return torch.zeros((side,) * (rank or 1), dtype=like.dtype, device=like.device)
+    return torch.zeros([1 if d in ones else side for d in range(rank or 1)], dtype=like.dtype, device=like.device)
 
 
 def _compile_chunks(tensor_lists: Sequence[list[Tensor]], flat_views: Callable[[list[Tensor]], list[Tensor]] | None = None,
@@ -275,7 +282,8 @@ def _compile_chunks(tensor_lists: Sequence[list[Tensor]], flat_views: Callable[[
         n = len(lists[0])
         if n % CHUNK_TENSORS:
             for out, scalar in zip(lists, scalar_lists):
-                out.extend(out[0].new_zeros(()) if scalar else _pad(out[0], rank, min_numel)
+                ones = () if scalar or rank is None else _statistic_dims(out, lists[0])
+                out.extend(out[0].new_zeros(()) if scalar else _pad(out[0], rank, min_numel, ones)
                            for _ in range(CHUNK_TENSORS - n % CHUNK_TENSORS))
         chunks += [(rank, [lst[i:i + CHUNK_TENSORS] for lst in lists]) for i in range(0, n, CHUNK_TENSORS)]
     return chunks, rest
@@ -289,11 +297,14 @@ class UpdateFunction:
     """
 
     def __init__(self, fn: Callable[..., Any], compiled: bool | None = None, *, elementwise: bool = True,
-                 flat: bool = False, min_numel: int = 2) -> None:
+                 flat: bool = False, min_numel: int = 2, chunks_on_cpu: bool = False) -> None:
         self.fn = fn
         self.compiled = compiled
         self.elementwise = elementwise
         self.flat = flat or elementwise  # whole tensors whose shapes fn never reads (norms): flat views serve
+        # whole tensors whose chunk graphs (one per rank) were measured faster than eager on a CPU: compiled
+        # there as flat updates are (never by dynamo's whole-list graph)
+        self.chunks_on_cpu = chunks_on_cpu and not self.flat
         self.min_numel = max(2, min_numel)
         self._whole_by_chunks = True
         self._stay_eager = False
@@ -319,7 +330,7 @@ class UpdateFunction:
     def compiles(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> bool:
         """Whether a call over these lists takes the compiled path (for an optimizer whose passes are
         laid out differently there)."""
-        if device_type == "cpu" and not self.flat:  # whole tensors: eager on a CPU (module docstring)
+        if device_type == "cpu" and not (self.flat or self.chunks_on_cpu):  # whole tensors: eager on a CPU
             return False
         return not self._stay_eager and resolve_compiled(self.compiled, device_type,
                                                          self._auto_numel(tensor_lists, device_type))
@@ -327,7 +338,7 @@ class UpdateFunction:
     def _auto_numel(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> int | None:
         """The element count ``auto`` decides by on a CPU: updates on flat views only (their build is one
         graph; a whole-tensor update builds one per rank, and may need dynamo's whole-list graph)."""
-        if self.compiled is not None or device_type != "cpu" or not self.flat:
+        if self.compiled is not None or device_type != "cpu" or not (self.flat or self.chunks_on_cpu):
             return None
         return sum(map(Tensor.numel, tensor_lists[0]))
 
@@ -335,11 +346,12 @@ class UpdateFunction:
         """Run with the empty lists (an optional state, such as a switched-off compensation buffer) taken
         out, and put back as empty lists in every call of ``fn``."""
         present = tuple(i for i, lst in enumerate(tensor_lists) if lst)
-        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, len(tensor_lists),
-               present)
+        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, self.chunks_on_cpu,
+               len(tensor_lists), present)
         if key not in _WITHOUT_EMPTY:
             _WITHOUT_EMPTY[key] = UpdateFunction(_without_empty(self.fn, len(tensor_lists), present), self.compiled,
-                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel)
+                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel,
+                                                 chunks_on_cpu=self.chunks_on_cpu)
         return _WITHOUT_EMPTY[key](*(tensor_lists[i] for i in present), device_type=device_type, **scalars)
 
     def _run_blocked(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
@@ -359,7 +371,7 @@ class UpdateFunction:
             except Exception:  # noqa: BLE001 - sizes branched on, or inductor's own failure: dynamo's whole-list graph
                 self._whole_by_chunks = False
         if not self.flat:
-            if not _compile_requested(self.compiled):
+            if not _compile_requested(self.compiled) or device_type == "cpu":
                 # auto: dynamo's graph over the whole lists builds for minutes on RVC's sets (over 210 s on a
                 # CPU for AdaFactor, CAME and SM3 on G), so an update the chunk graphs cannot take stays eager
                 self._stay_eager = True
@@ -509,7 +521,8 @@ class ChunkGraph:
 
     def __init__(self, fn: Callable[..., Any], dtypes: tuple[torch.dtype, ...], device: torch.device,
                  tensor_scalars: dict[str, tuple[torch.dtype, torch.device]], constants: dict[str, Any],
-                 rank: int | None = None, min_numel: int = 2, scalar_lists: tuple[bool, ...] = ()) -> None:
+                 rank: int | None = None, min_numel: int = 2, scalar_lists: tuple[bool, ...] = (),
+                 statistic_dims: tuple[tuple[int, ...], ...] = ()) -> None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         self.tensor_names = tuple(tensor_scalars)
@@ -535,8 +548,10 @@ class ChunkGraph:
         # assumption of the trace, and any guard left on a size is a branch of fn on it.
         shapes = [(_EXAMPLE_NUMEL + j,) if rank is None else tuple(3 + j + 16 * d for d in range(rank)) for j in range(k)]
         scalar_lists = scalar_lists or (False,) * n_lists
-        examples = [torch.zeros(() if scalar else shape, dtype=dtype, device=device)
-                    for dtype, scalar in zip(dtypes, scalar_lists) for shape in shapes]
+        statistic_dims = statistic_dims or ((),) * n_lists
+        examples = [torch.zeros(() if scalar else [1 if d in ones else size for d, size in enumerate(shape)],
+                                dtype=dtype, device=device)
+                    for dtype, scalar, ones in zip(dtypes, scalar_lists, statistic_dims) for shape in shapes]
         examples += [torch.zeros((), dtype=dtype, device=dev) for dtype, dev in tensor_scalars.values()]
         graph = make_fx(flat_fn, tracing_mode="symbolic", decomposition_table=_per_tensor_decompositions())(*examples)
         fakes = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
@@ -611,8 +626,9 @@ def chunk_graph(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], scalars: 
     constants = {k: v for k, v in scalars.items() if not isinstance(v, Tensor)}
     dtypes = tuple(lst[0].dtype for lst in chunk)
     scalar_lists = tuple(lst[0].dim() == 0 for lst in chunk)
+    statistic_dims = _chunk_statistic_dims(fn, chunk, rank, scalar_lists)
     device = chunk[0][0].device
-    key = (fn, dtypes, scalar_lists, device, rank, min_numel, tuple(sorted(tensor_scalars.items())),
+    key = (fn, dtypes, scalar_lists, statistic_dims, device, rank, min_numel, tuple(sorted(tensor_scalars.items())),
            tuple(sorted(constants.items())))
     graph = _GRAPHS.get(key)
     if graph is None:
@@ -620,9 +636,24 @@ def chunk_graph(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], scalars: 
             raise RuntimeError(f"{fn.__name__} has built {GRAPH_LIMIT} graphs (one per dtype, rank and set of "
                                "Python-number scalars): a Python-number scalar changes from call to call (pass "
                                "per-step values as 0-d tensors), or param groups differ in too many settings")
-        graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants, rank, min_numel, scalar_lists)
+        graph = _GRAPHS[key] = ChunkGraph(fn, dtypes, device, tensor_scalars, constants, rank, min_numel, scalar_lists,
+                                          statistic_dims)
         _GRAPH_COUNTS[fn] = _GRAPH_COUNTS.get(fn, 0) + 1
     return graph
+
+
+def _chunk_statistic_dims(fn: Callable[..., Any], chunk: Sequence[list[Tensor]], rank: int | None,
+                          scalar_lists: tuple[bool, ...]) -> tuple[tuple[int, ...], ...]:
+    """For whole tensors, each list's statistics dims (:func:`_statistic_dims`), which its graph takes as
+    size 1; every other dim must equal the first list's, tensor by tensor."""
+    if rank is None:
+        return ((),) * len(chunk)
+    dims = tuple(() if scalar else _statistic_dims(lst, chunk[0]) for lst, scalar in zip(chunk, scalar_lists))
+    for lst, ones, scalar in zip(chunk, dims, scalar_lists):
+        if not scalar and any(t.shape[d] != (1 if d in ones else f.shape[d])
+                              for t, f in zip(lst, chunk[0]) for d in range(rank)):
+            raise SizeDependentError(f"{fn.__name__} takes tensors whose shapes differ other than by statistics dims")
+    return dims
 
 
 def graphs_built() -> dict[str, int]:

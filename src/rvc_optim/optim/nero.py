@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from rvc_optim.optim._compile import UpdateFunction
 from rvc_optim.optim._foreach import (
     bias_correction,
     check_lr,
@@ -47,7 +48,7 @@ from rvc_optim.optim._foreach import (
     scalar_dtype,
 )
 
-__all__ = ["Nero", "is_constrained", "neuron_norms", "project_", "reproject_"]
+__all__ = ["Nero", "is_constrained", "nero_rows_update", "nero_update", "neuron_norms", "project_", "reproject_"]
 
 # A row already within this distance of the constraint set (zero mean, unit norm) is left as it is
 # when the optimizer is built, so that rebuilding it on projected weights (a resume) changes no bit.
@@ -103,12 +104,16 @@ def reproject_(tensors: list[Tensor]) -> None:
     if not tensors:
         return
     rows = [_rows(p) for p in tensors]
-    widths = [float(r.shape[1]) for r in rows]
-    means = torch._foreach_div([r.sum(dim=1, keepdim=True) for r in rows], widths)
     norms = [torch.linalg.vector_norm(r, dim=1, keepdim=True) for r in rows]
+    if isinstance(rows[0].shape[1], torch.SymInt):  # a chunk graph's trace: a size is a symbol, not a float
+        means = [r.sum(dim=1, keepdim=True) / r.shape[1] for r in rows]
+        mean_sq = [m * r.shape[1] * m for m, r in zip(means, rows)]
+    else:
+        widths = [float(r.shape[1]) for r in rows]
+        means = torch._foreach_div([r.sum(dim=1, keepdim=True) for r in rows], widths)
+        mean_sq = torch._foreach_mul(means, widths)  # n mean mean, in that order
+        torch._foreach_mul_(mean_sq, means)
     centred_sq = torch._foreach_mul(norms, norms)
-    mean_sq = torch._foreach_mul(means, widths)  # n mean mean, in that order
-    torch._foreach_mul_(mean_sq, means)
     torch._foreach_sub_(centred_sq, mean_sq)
     torch._foreach_clamp_min_(centred_sq, 0.0)
     torch._foreach_sqrt_(centred_sq)
@@ -137,7 +142,7 @@ def _initial_scale(p: Tensor) -> Tensor:
 
 
 def nero_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor], scales: list[Tensor], *,
-                lr: Tensor | float, bias_correction2: float, beta: float, constrained: list[bool]) -> None:
+                lr: Tensor | float, bias_correction2: Tensor | float, beta: float, constrained: list[bool]) -> None:
     """One Nero step on tensors sharing a device and dtype; ``constrained`` says which to re-project."""
     norms = neuron_norms(grads)
     foreach_mul_by_constant_(exp_avg_sqs, beta)
@@ -151,6 +156,21 @@ def nero_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Ten
     torch._foreach_clamp_min_(denoms, torch.finfo(denoms[0].dtype).tiny)
     torch._foreach_addcdiv_(params, grads, denoms, value=-1.0)
     reproject_([p for p, c in zip(params, constrained) if c])
+
+
+def nero_rows_update(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor], scales: list[Tensor], *,
+                     lr: Tensor, bias_correction2: Tensor, beta: float) -> None:
+    """:func:`nero_update` of constrained tensors for the compiled path: every tensor a 2-D view
+    [neurons, elements per neuron] and its ``exp_avg_sq`` a view [neurons, 1]. One graph serves every
+    shape: per tensor one loop takes the gradient's row norms, one steps and takes the new rows' sums
+    and norms, one re-projects."""
+    nero_update(params, grads, exp_avg_sqs, scales, lr=lr, bias_correction2=bias_correction2, beta=beta,
+                constrained=[True] * len(params))
+
+
+def _neuron_rows(t: Tensor) -> Tensor:
+    """``t`` (of two or more dimensions) as a 2-D view [neurons, elements per neuron]."""
+    return t.view(t.shape[0], -1)
 
 
 class Nero(Optimizer):
@@ -178,10 +198,12 @@ class Nero(Optimizer):
           unless they are changed in between); the step count is a Python int per group.
     """
 
-    def __init__(self, params: Any, lr: float | Tensor = 0.01, beta: float = 0.999, constraints: bool = True) -> None:
+    def __init__(self, params: Any, lr: float | Tensor = 0.01, beta: float = 0.999, constraints: bool = True, *,
+                 compiled: bool | None = None) -> None:
         check_lr(lr)
         check_momentum(beta, "beta")
         super().__init__(params, dict(lr=lr, beta=beta, constraints=constraints))
+        self._rows_update = UpdateFunction(nero_rows_update, compiled, elementwise=False, chunks_on_cpu=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -208,8 +230,30 @@ class Nero(Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(norms)
             exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
             scales = [self.state[p]["scale"] for p in params]
-            for device, dtype, (p, g, v, s) in group_by_device_and_dtype(params, grads, exp_avg_sqs, scales):
-                nero_update(p, g, v, s, lr=scalar(group["lr"], device, dtype),
-                            bias_correction2=bias_correction(group["beta"], group["step"]), beta=group["beta"],
-                            constrained=[is_constrained(x, group["constraints"]) for x in p])
+            bias_correction2 = bias_correction(group["beta"], group["step"])
+            for device, dtype, lists in group_by_device_and_dtype(params, grads, exp_avg_sqs, scales):
+                constrained = [is_constrained(x, group["constraints"]) for x in lists[0]]
+                lr = scalar(group["lr"], device, dtype)
+                if self._rows_update.compiles(lists, device.type):
+                    self._compiled_step(lists, constrained, lr=lr, beta=group["beta"],
+                                        bias_correction2=scalar(bias_correction2, device, dtype), device=device)
+                else:
+                    nero_update(*lists, lr=lr, bias_correction2=bias_correction2, beta=group["beta"],
+                                constrained=constrained)
         return loss
+
+    def _compiled_step(self, lists: list[list[Tensor]], constrained: list[bool], *, lr: Tensor, beta: float,
+                       bias_correction2: Tensor, device: torch.device) -> None:
+        """The compiled update of the constrained tensors, on 2-D row views; the others (vectors and
+        weight-norm magnitudes, small) and any tensor that is not contiguous (no view of its rows) take the
+        eager update. (Inductor 2.13 failed to generate CPU code for the unconstrained update's graph:
+        ``KeyError`` in its outer-loop fusion.)"""
+        chosen = [i for i, c in enumerate(constrained) if c and all(lst[i].is_contiguous() for lst in lists[:3])]
+        if chosen:
+            self._rows_update(*([_neuron_rows(lst[i]) for i in chosen] for lst in lists[:3]),
+                              [lists[3][i] for i in chosen], lr=lr, bias_correction2=bias_correction2,
+                              beta=beta, device_type=device.type)
+        rest = sorted(set(range(len(constrained))) - set(chosen))
+        if rest:
+            nero_update(*([lst[i] for i in rest] for lst in lists), lr=lr, bias_correction2=bias_correction2,
+                        beta=beta, constrained=[constrained[i] for i in rest])
