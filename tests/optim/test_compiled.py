@@ -31,8 +31,10 @@ from rvc_optim.optim._compile import (
     CPU_AUTO_COMPILE_NUMEL,
     ENV_VAR,
     ChunkFusionChoices,
-    UpdateFunction,
     FlatViews,
+    SizeDependentError,
+    UpdateFunction,
+    _chunk_statistic_dims,
     _compile_chunks,
     cache_blocks,
     clear_graphs,
@@ -206,6 +208,24 @@ def test_whole_tensor_chunks_are_grouped_by_rank_and_padded_to_the_minimum_size(
     assert chunks[0][1][0][2].shape == (3,)  # a 1-D pad of min_numel elements
     assert chunks[0][1][0][0] is tensors[0]  # whole tensors, not views
     assert [t.shape for t in rest[0]] == [(2,)]
+
+
+def test_whole_tensor_chunks_take_a_list_of_row_statistics_and_pad_it_with_size_1():
+    """Nero's per-neuron state, [rows, 1] beside [rows, cols]: its pads have size 1 where its tensors
+    do, and its graph takes that dim as 1 (a tensor with one column beside it says nothing either way)."""
+    params = [torch.zeros(4, 1), torch.zeros(3, 5), torch.zeros(6, 2)]
+    rows = [torch.zeros(p.shape[0], 1) for p in params]
+    (rank, (p_chunk, row_chunk)), = _compile_chunks([params, rows], whole=True)[0]
+    assert rank == 2 and [t.shape for t in row_chunk[3:]] == [(2, 1)] * 13
+    assert [t.shape for t in p_chunk[3:]] == [(2, 2)] * 13
+    assert _chunk_statistic_dims(update_for_shapes, [p_chunk, row_chunk], 2, (False, False)) == ((), (1,))
+    with pytest.raises(SizeDependentError, match="other than by statistics dims"):
+        _chunk_statistic_dims(update_for_shapes, [p_chunk, [torch.zeros(p.shape[0] + 1, 1) for p in p_chunk]], 2,
+                              (False, False))
+
+
+def update_for_shapes(params, rows):
+    """A stand-in update function, named in the refusals above."""
 
 
 def test_a_list_of_per_tensor_scalars_is_chunked_beside_its_tensors_as_it_is():
@@ -474,4 +494,36 @@ def test_apollo_compiled_matches_eager(settings):
         assert graphs_built().get("apollo_update", 0) == before.get("apollo_update", 0) + 1, "one build per dtype"
         eager = _steps("Apollo", dtype, compiled=False, **settings)
         for a, b in zip(compiled, eager):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item())
+
+
+@pytest.mark.compiled
+@pytest.mark.skipif(not compile_available("cpu"), reason="no C++ compiler for torch.compile on this machine")
+def test_nero_row_view_graph_matches_its_eager_update(monkeypatch):
+    """Nero's constrained tensors take one chunk graph on [neurons, elements] views with [neurons, 1]
+    state, whatever their shapes. It serves accelerators (on a CPU, where it ran slower, Nero is eager),
+    so it is built here for CPU tensors through the accelerator branch. The same arithmetic, its sums
+    added in another order: float64 to 1e-12, float32 to its rounding."""
+    import rvc_optim.optim._compile as compile_module
+    from rvc_optim.optim.nero import nero_rows_update, project_
+
+    monkeypatch.setattr(compile_module, "compile_available", lambda device_type: True)
+    update = UpdateFunction(nero_rows_update, True, elementwise=False)
+    shapes = ((8, 4), (6, 15), (4, 6), (7, 2))  # [neurons, elements]: 2-D, and 3-D and 4-D kernels' views
+    clear_graphs()
+    for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        torch.manual_seed(0)
+        params = [torch.randn(shape, dtype=dtype) for shape in shapes]
+        project_(params)
+        rows = [torch.zeros(shape[0], 1, dtype=dtype) for shape in shapes]
+        scales = [torch.full((), 0.5 + i, dtype=dtype) for i in range(len(shapes))]
+        runs = [([p.clone() for p in params], [r.clone() for r in rows]) for _ in range(2)]
+        for step in range(1, 4):
+            grads = [torch.randn(shape, dtype=dtype) for shape in shapes]
+            scalars = dict(lr=torch.tensor(0.01, dtype=dtype), bias_correction2=torch.tensor(1 - 0.999**step, dtype=dtype),
+                           beta=0.999)
+            nero_rows_update(runs[0][0], grads, runs[0][1], scales, **scalars)
+            update(runs[1][0], grads, runs[1][1], scales, device_type="cuda", **scalars)  # "cuda" selects the path
+        assert graphs_built().get("nero_rows_update") == (1 if dtype == torch.float64 else 2), "one build per dtype"
+        for a, b in zip(runs[1][0] + runs[1][1], runs[0][0] + runs[0][1]):
             torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item())

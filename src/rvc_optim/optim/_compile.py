@@ -40,7 +40,10 @@ eager instead. On a CPU an update of whole tensors whose shapes it reads (not ``
 eager, by cache-sized batches where the optimizer calls it through :func:`run_by_tensor_batches`: there
 its compiled graphs were slower than eager (measured on RVC's generator set: AdaFactor's factored update
 built for 230 s and ran at 282 ms against 247 eager; Ranger21's first pass ran at 286 ms against 84 and
-its decay at 75 against 36, the build unfinished after 260 s).
+its decay at 75 against 36, the build unfinished after 260 s; Nero's chunk graphs on row views ran at
+62 ms against 57 eager on the generator set and 101 against 72 on the discriminator's, side by side).
+Whole-tensor chunks are grouped by rank; a list may hold statistics of the first list's tensors (Nero's
+per-row state [rows, 1] beside [rows, cols]): its graph takes those dims as 1.
 
 What ``fn`` must be, for blocking and chunking to be correct (``elementwise=True``, the default): the
 result for element ``j`` of tensor ``i`` depends only on element ``j`` of tensor ``i`` of each list, and
@@ -297,14 +300,11 @@ class UpdateFunction:
     """
 
     def __init__(self, fn: Callable[..., Any], compiled: bool | None = None, *, elementwise: bool = True,
-                 flat: bool = False, min_numel: int = 2, chunks_on_cpu: bool = False) -> None:
+                 flat: bool = False, min_numel: int = 2) -> None:
         self.fn = fn
         self.compiled = compiled
         self.elementwise = elementwise
         self.flat = flat or elementwise  # whole tensors whose shapes fn never reads (norms): flat views serve
-        # whole tensors whose chunk graphs (one per rank) were measured faster than eager on a CPU: compiled
-        # there as flat updates are (never by dynamo's whole-list graph)
-        self.chunks_on_cpu = chunks_on_cpu and not self.flat
         self.min_numel = max(2, min_numel)
         self._whole_by_chunks = True
         self._stay_eager = False
@@ -330,7 +330,7 @@ class UpdateFunction:
     def compiles(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> bool:
         """Whether a call over these lists takes the compiled path (for an optimizer whose passes are
         laid out differently there)."""
-        if device_type == "cpu" and not (self.flat or self.chunks_on_cpu):  # whole tensors: eager on a CPU
+        if device_type == "cpu" and not self.flat:  # whole tensors: eager on a CPU (module docstring)
             return False
         return not self._stay_eager and resolve_compiled(self.compiled, device_type,
                                                          self._auto_numel(tensor_lists, device_type))
@@ -338,7 +338,7 @@ class UpdateFunction:
     def _auto_numel(self, tensor_lists: Sequence[list[Tensor]], device_type: str) -> int | None:
         """The element count ``auto`` decides by on a CPU: updates on flat views only (their build is one
         graph; a whole-tensor update builds one per rank, and may need dynamo's whole-list graph)."""
-        if self.compiled is not None or device_type != "cpu" or not (self.flat or self.chunks_on_cpu):
+        if self.compiled is not None or device_type != "cpu" or not self.flat:
             return None
         return sum(map(Tensor.numel, tensor_lists[0]))
 
@@ -346,12 +346,11 @@ class UpdateFunction:
         """Run with the empty lists (an optional state, such as a switched-off compensation buffer) taken
         out, and put back as empty lists in every call of ``fn``."""
         present = tuple(i for i, lst in enumerate(tensor_lists) if lst)
-        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, self.chunks_on_cpu,
-               len(tensor_lists), present)
+        key = (self.fn, self.compiled, self.elementwise, self.flat, self.min_numel, len(tensor_lists),
+               present)
         if key not in _WITHOUT_EMPTY:
             _WITHOUT_EMPTY[key] = UpdateFunction(_without_empty(self.fn, len(tensor_lists), present), self.compiled,
-                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel,
-                                                 chunks_on_cpu=self.chunks_on_cpu)
+                                                 elementwise=self.elementwise, flat=self.flat, min_numel=self.min_numel)
         return _WITHOUT_EMPTY[key](*(tensor_lists[i] for i in present), device_type=device_type, **scalars)
 
     def _run_blocked(self, tensor_lists: Sequence[list[Tensor]], scalars: dict[str, Any]) -> Results:
@@ -371,7 +370,7 @@ class UpdateFunction:
             except Exception:  # noqa: BLE001 - sizes branched on, or inductor's own failure: dynamo's whole-list graph
                 self._whole_by_chunks = False
         if not self.flat:
-            if not _compile_requested(self.compiled) or device_type == "cpu":
+            if not _compile_requested(self.compiled):
                 # auto: dynamo's graph over the whole lists builds for minutes on RVC's sets (over 210 s on a
                 # CPU for AdaFactor, CAME and SM3 on G), so an update the chunk graphs cannot take stays eager
                 self._stay_eager = True

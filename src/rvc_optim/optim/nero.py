@@ -182,6 +182,9 @@ class Nero(Optimizer):
         beta: decay of the per-neuron squared gradient norm (default 0.999).
         constraints: project tensors of two or more dimensions (with more than one element per neuron) to
             zero mean and unit norm per neuron, at construction and after every step (default True).
+        compiled: use the ``torch.compile``d update for the constrained tensors (None: decided by
+            ``RVC_OPTIM_COMPILE``): one graph on [neurons, elements per neuron] views of any shape, on
+            accelerators. On a CPU the eager update runs whatever is asked: there the graph was slower.
 
     Deviations from the reference:
         * weight-norm magnitudes and other tensors with one element per neuron are never constrained (the
@@ -203,7 +206,7 @@ class Nero(Optimizer):
         check_lr(lr)
         check_momentum(beta, "beta")
         super().__init__(params, dict(lr=lr, beta=beta, constraints=constraints))
-        self._rows_update = UpdateFunction(nero_rows_update, compiled, elementwise=False, chunks_on_cpu=True)
+        self._rows_update = UpdateFunction(nero_rows_update, compiled, elementwise=False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
